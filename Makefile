@@ -1,0 +1,37 @@
+# Developer entry points. Everything runs from the project virtualenv made by bootstrap.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap test lint typecheck fmt demo bench clean distclean
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy gateway adapters simulator tests
+
+fmt: bootstrap
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: bootstrap
+	$(VENV)/bin/edge-gateway demo
+
+bench: bootstrap
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf build dist .demo *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

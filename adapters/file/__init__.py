@@ -1,0 +1,3 @@
+from adapters.file.sink import FileSink
+
+__all__ = ["FileSink"]

@@ -1,0 +1,3 @@
+from adapters.influx.sink import InfluxSink
+
+__all__ = ["InfluxSink"]

@@ -1,0 +1,3 @@
+from adapters.mqtt.link import MqttLink, NotConnected
+
+__all__ = ["MqttLink", "NotConnected"]

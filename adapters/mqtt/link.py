@@ -1,0 +1,191 @@
+"""One MQTT broker connection, used both ways.
+
+Inbound it is the MQTT source: it subscribes to the configured filters and
+hands raw messages to the pipeline in batches. Outbound it publishes alerts,
+status and dead letters for the pipeline's publisher task. It reconnects
+with capped exponential backoff and resubscribes; the gateway's own status
+topic is retained `online`, with a retained Last Will `offline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from adapters.base import Deliver, OnState
+from gateway.backoff import Backoff
+from gateway.config import MqttConfig
+from gateway.model import RawMessage
+from gateway.topics import filter_matches
+
+log = logging.getLogger("edge.mqtt")
+
+MAX_BATCH = 1000
+
+
+class NotConnected(Exception):
+    """Publishing while the broker is away; retry after reconnect."""
+
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class MqttLink:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        command_topics: tuple[str, ...] = (),
+        on_state: OnState | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.status_topic = f"gateway/{cfg.client_id}/status"
+        self.command_topics = command_topics
+        self._on_state = on_state or (lambda up: None)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._filters = [s.topic for s in cfg.subscriptions]
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def _subscription_of(self, topic: str) -> int:
+        if len(self._filters) == 1:
+            return 0
+        for i, f in enumerate(self._filters):
+            if filter_matches(f, topic):
+                return i
+        return 0
+
+    def _make_client(self) -> aiomqtt.Client:
+        cfg = self.cfg
+        password = cfg.password.get_secret_value() if cfg.password else None
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id,
+            username=cfg.username,
+            password=password,
+            clean_session=cfg.clean_session,
+            keepalive=cfg.keepalive,
+            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+            tls_context=_tls_context(cfg),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            timeout=10,
+        )
+
+    async def run(
+        self, deliver: Deliver, on_command: Callable[[str, bytes], None] | None = None
+    ) -> None:
+        """Connect, subscribe, deliver; reconnect forever until cancelled."""
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        last_error = ""
+        while True:
+            try:
+                async with self._make_client() as client:
+                    await self._session(client, deliver, on_command, backoff)
+            except aiomqtt.MqttError as e:
+                err = str(e)
+                if self.connected or err != last_error:
+                    log.warning(
+                        "mqtt: broker %s:%s unavailable: %s (retrying with backoff)",
+                        self.cfg.host,
+                        self.cfg.port,
+                        err,
+                    )
+                last_error = err
+            finally:
+                self._client = None
+                if self.connected:
+                    self._connected.clear()
+                    self._on_state(False)
+            await asyncio.sleep(backoff.next())
+
+    async def _session(
+        self,
+        client: aiomqtt.Client,
+        deliver: Deliver,
+        on_command: Callable[[str, bytes], None] | None,
+        backoff: Backoff,
+    ) -> None:
+        for sub in self.cfg.subscriptions:
+            await client.subscribe(sub.topic, qos=sub.qos)
+        for topic in self.command_topics:
+            await client.subscribe(topic, qos=1)
+        await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self._client = client
+        self._connected.set()
+        self._on_state(True)
+        backoff.reset()
+        log.info(
+            "mqtt: connected to %s:%s as %s, subscribed to %s",
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.client_id,
+            ", ".join(self._filters),
+        )
+        queue = client._queue  # drained in batches; aiomqtt has no batch API
+        commands = set(self.command_topics)
+        sub_of = self._subscription_of
+        async for first in client.messages:
+            batch: list[RawMessage] = []
+            m: aiomqtt.Message | None = first
+            while m is not None:
+                topic = m.topic.value
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                if topic in commands:
+                    if on_command is not None:
+                        on_command(topic, payload)
+                else:
+                    batch.append(
+                        RawMessage(
+                            topic, payload, time.monotonic(), time.time_ns(), "mqtt", sub_of(topic)
+                        )
+                    )
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    m = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    m = None
+            if batch:
+                await deliver(batch)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        client = self._client
+        if client is None or not self.connected:
+            raise NotConnected(topic)
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+        except aiomqtt.MqttError as e:
+            raise NotConnected(f"{topic}: {e}") from None
+
+    async def goodbye(self) -> None:
+        """Say `offline` on the status topic before a clean disconnect."""
+        client = self._client
+        if client is not None and self.connected:
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(self.status_topic, b"offline", qos=1, retain=True, timeout=2)

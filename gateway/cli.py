@@ -1,0 +1,80 @@
+"""`edge-gateway run | check-config | demo` (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import orjson
+
+from gateway.config import ConfigError, Settings, dump_settings, load_settings
+
+log = logging.getLogger("edge.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (
+        ("run", "run the gateway daemon"),
+        ("check-config", "validate and print the effective config (secrets masked)"),
+        ("demo", "simulator + gateway on this machine, with a live status line"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", "-c", help="TOML config file (default: $EDGE_CONFIG)")
+    sub.choices["demo"].add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)"
+    )
+    return p
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _run(settings: Settings) -> int:
+    from gateway.pipeline import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(settings)
+    try:
+        await gw.run(stop)
+    except OSError as e:
+        # typically: the HTTP port is taken
+        print(
+            f"edge-gateway: {e.strerror or e} ({settings.http.host}:{settings.http.port})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _load(args.config)
+    if args.command == "check-config":
+        sys.stdout.write(orjson.dumps(dump_settings(settings), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return 0
+    from gateway.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.format)
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return asyncio.run(run_demo(settings, duration=args.duration))
+    return asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""Configuration: a TOML file plus `EDGE_...` environment overrides (SPEC §3).
+
+`load_settings(path)` is the one entry point. It returns a validated
+`Settings` or raises `ConfigError` whose message is a single line a user can
+act on, e.g. ``config: [mqtt] port must be 1-65535, got 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.topics import TopicTemplate, TopicTemplateError
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _port(v: int) -> int:
+    if not 1 <= v <= 65535:
+        raise ValueError(f"must be 1-65535, got {v}")
+    return v
+
+
+def _read_secret(value: SecretStr | None, path: str | None, key: str) -> SecretStr | None:
+    """`key_file` wins over `key`: the file's content, trailing newline stripped."""
+    if not path:
+        return value
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError as e:
+        raise ValueError(f"{key}_file {path!r} cannot be read: {e.strerror}") from None
+
+
+class Subscription(_Section):
+    topic: str = "plant/+/+/+"
+    template: str = "plant/{line}/{equipment}/{sensor}"
+    format: Literal["json", "fields", "event"] = "json"
+    qos: Literal[0, 1, 2] = 1
+    unit: str = ""  # default unit for readings that carry none
+
+    @model_validator(mode="after")
+    def _check_template(self) -> Subscription:
+        try:
+            TopicTemplate(self.topic, self.template)
+        except TopicTemplateError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def compiled(self) -> TopicTemplate:
+        return TopicTemplate(self.topic, self.template)
+
+
+class MqttConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "edge-gateway-1"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    clean_session: bool = False
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    deadletter_per_s: float = Field(default=10.0, ge=0)
+    subscriptions: list[Subscription] = Field(default_factory=lambda: [Subscription()])
+
+    _port = field_validator("port")(_port)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#/"):
+            raise ValueError(f"must be non-empty without '+', '#' or '/', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _secrets(self) -> MqttConfig:
+        self.password = _read_secret(self.password, self.password_file, "password")
+        return self
+
+
+class OpcuaNode(_Section):
+    node_id: str
+    equipment: str
+    sensor: str
+    line: str = ""
+    unit: str = ""
+
+
+class OpcuaServer(_Section):
+    endpoint: str
+    security_policy: Literal["None", "Basic256Sha256"] = "None"
+    security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: str | None = None
+    private_key: str | None = None
+    server_certificate: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    publishing_interval_ms: int = Field(default=500, ge=10)
+    sampling_interval_ms: int = Field(default=0, ge=0)
+    queue_size: int = Field(default=10, ge=1)
+    deadband_type: Literal["none", "absolute", "percent"] = "none"
+    deadband_value: float = Field(default=0.0, ge=0)
+    browse_root: str | None = None
+    line: str = ""
+    nodes: list[OpcuaNode] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> OpcuaServer:
+        self.password = _read_secret(self.password, self.password_file, "password")
+        return self
+
+
+class OpcuaConfig(_Section):
+    servers: list[OpcuaServer] = Field(default_factory=list)
+
+
+class DetectionConfig(_Section):
+    window: int = Field(default=100, ge=2, le=100_000)
+    threshold_sigma: float = Field(default=3.0, gt=0)
+    warmup: int = Field(default=30, ge=2)
+    # |z| bands: [threshold, medium) low, [medium, critical) medium, >= critical critical.
+    medium_sigma: float = Field(default=4.0, gt=0)
+    critical_sigma: float = Field(default=5.0, gt=0)
+    # After this many consecutive anomalous readings on the same side of the
+    # mean, the level is taken as the new normal and the baseline restarts.
+    shift_after: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _bands(self) -> DetectionConfig:
+        if not self.threshold_sigma <= self.medium_sigma <= self.critical_sigma:
+            raise ValueError(
+                "threshold_sigma <= medium_sigma <= critical_sigma must hold, got "
+                f"{self.threshold_sigma}, {self.medium_sigma}, {self.critical_sigma}"
+            )
+        if self.warmup > self.window:
+            raise ValueError(f"warmup must be <= window ({self.window}), got {self.warmup}")
+        return self
+
+
+class Rule(_Section):
+    """Threshold rule: globs select series; every limit is optional."""
+
+    equipment: str = "*"
+    sensor: str = "*"
+    line: str = "*"
+    high: float | None = None
+    low: float | None = None
+    critical_high: float | None = None
+    critical_low: float | None = None
+    min: float | None = None  # physical bounds: outside is a reject (out_of_range)
+    max: float | None = None
+    max_slope_per_min: float | None = Field(default=None, gt=0)
+
+
+class AlertsConfig(_Section):
+    topic_prefix: str = "alerts"
+    status_prefix: str = "status"
+    offline_after_s: float = Field(default=30.0, gt=0)
+    clear_after: int = Field(default=5, ge=1)
+    escalate_after_s: float = Field(default=300.0, gt=0)
+
+
+class ValidationConfig(_Section):
+    max_future_s: float = Field(default=900.0, ge=0)
+    max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    max_series: int = Field(default=100_000, ge=1)
+    max_payload_bytes: int = Field(default=1_048_576, ge=64)
+    max_batch_items: int = Field(default=10_000, ge=1)
+    dedup_window: int = Field(default=200_000, ge=0)
+
+
+class InfluxConfig(_Section):
+    enabled: bool = True
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v2", "v1"] = "v2"
+    token: SecretStr = SecretStr("")
+    token_file: str | None = None
+    org: str = "plant"
+    bucket: str = "factory"
+    database: str = "factory"
+    retention_policy: str = ""
+    username: str | None = None
+    password: SecretStr | None = None
+    batch_size: int = Field(default=5000, ge=1)
+    flush_interval_ms: int = Field(default=1000, ge=1)
+    timeout_ms: int = Field(default=10_000, ge=100)
+    retry_min_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> InfluxConfig:
+        self.token = _read_secret(self.token, self.token_file, "token") or SecretStr("")
+        return self
+
+
+class SpoolConfig(_Section):
+    dir: str = "/var/lib/edge-gateway"
+    max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    _port = field_validator("port")(_port)
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class PipelineConfig(_Section):
+    queue_size: int = Field(default=10_000, ge=1)
+    batch_max: int = Field(default=2_000, ge=1)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    opcua: OpcuaConfig = Field(default_factory=OpcuaConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    rules: list[Rule] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    influx: InfluxConfig = Field(default_factory=InfluxConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """('mqtt', 'subscriptions', 0, 'qos') -> '[mqtt.subscriptions #1] qos'."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    idx = [p for p in loc if isinstance(p, int)]
+    if not names:
+        return "[config]"
+    # an error about a list item as a whole, or a whole section
+    if (loc and isinstance(loc[-1], int)) or len(names) == 1:
+        section, key = names, ""
+    else:
+        section, key = names[:-1], names[-1]
+    tag = "[" + ".".join(section) + (f" #{idx[-1] + 1}" if idx else "") + "]"
+    return f"{tag} {key}".rstrip()
+
+
+_PLAIN = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list (an array of tables [[...]])",
+    "model_type": "must be a table [...]",
+    "model_attributes_type": "must be a table [...]",
+    "dict_type": "must be a table [...]",
+}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err.get("loc", ()))
+    typ = str(err.get("type", ""))
+    got = err.get("input")
+    ctx = err.get("ctx") or {}
+    if typ == "extra_forbidden":
+        return f"{_where(loc[:-1])} unknown key {loc[-1]!r}" if loc else "unknown key"
+    if typ == "missing":
+        return f"{_where(loc)} is required"
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):  # our own validators say what they got
+        return f"{_where(loc)} {msg[len('Value error, ') :]}"
+    if typ in _PLAIN:
+        msg = _PLAIN[typ]
+    elif typ == "literal_error":
+        msg = f"must be one of {ctx.get('expected', '')}"
+    elif typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[typ]
+        limit = next(iter(ctx.values()), "")
+        msg = f"must be {op} {limit}"
+    else:
+        msg = msg[0].lower() + msg[1:] if msg else msg
+    return f"{_where(loc)} {msg}, got {got!r}"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read `path` (or $EDGE_CONFIG, or nothing) and the environment."""
+    if path is None:
+        path = os.environ.get("EDGE_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config: file {os.fspath(path)!r} not found") from None
+        except OSError as e:
+            raise ConfigError(f"config: cannot read {os.fspath(path)!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: {os.fspath(path)!r} is not valid TOML: {e}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        errors = e.errors()
+        first = _describe(dict(errors[0]))
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"config: {first}{more}") from None
+
+
+def dump_settings(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,114 @@
+"""Every Prometheus metric the gateway exports (SPEC §8).
+
+One `Metrics` object per gateway, each with its own registry, so several
+gateways can live in one process (tests) without colliding. Hot-path code
+increments counters once per batch, never once per reading.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.model import REJECT_REASONS
+
+# `*_created` samples only add noise to a scrape of a long-running daemon.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+WRITE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.readings_received = Counter(
+            "edge_readings_received_total",
+            "Readings accepted from a source",
+            ["source"],
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "edge_messages_received_total",
+            "Raw messages taken from a source",
+            ["source"],
+            registry=r,
+        )
+        self.readings_rejected = Counter(
+            "edge_readings_rejected_total", "Inputs rejected, by reason", ["reason"], registry=r
+        )
+        for reason in REJECT_REASONS:
+            self.readings_rejected.labels(reason)
+        self.readings_written = Counter(
+            "edge_readings_written_total", "Readings confirmed written to the sink", registry=r
+        )
+        self.alerts_written = Counter(
+            "edge_alert_points_written_total", "Alert points confirmed written", registry=r
+        )
+        self.write_errors = Counter(
+            "edge_influx_write_errors_total",
+            "Failed sink writes, by whether a retry makes sense",
+            ["retryable"],
+            registry=r,
+        )
+        self.deadletters = Counter(
+            "edge_deadletter_published_total",
+            "Rejects published to the dead-letter topic",
+            registry=r,
+        )
+        self.deadletters_suppressed = Counter(
+            "edge_deadletter_suppressed_total",
+            "Rejects not published because of the dead-letter rate limit",
+            registry=r,
+        )
+        self.alerts = Counter(
+            "edge_alerts_total",
+            "Alert transitions",
+            ["kind", "severity", "state"],
+            registry=r,
+        )
+        self.acks_unknown = Counter(
+            "edge_alert_acks_rejected_total", "Acknowledgements for unknown alerts", registry=r
+        )
+        self.alerts_active = Gauge("edge_alerts_active", "Alerts currently active", registry=r)
+        self.series_active = Gauge("edge_series_active", "Distinct series seen", registry=r)
+        self.pipeline_latency = Histogram(
+            "edge_pipeline_latency_seconds",
+            "Receive to detected, per batch of readings",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.influx_write = Histogram(
+            "edge_influx_write_seconds",
+            "Duration of one sink write",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.spool_bytes = Gauge("edge_spool_bytes", "Bytes waiting in the disk spool", registry=r)
+        self.queue_depth = Gauge(
+            "edge_queue_depth", "Items waiting in a pipeline queue", ["queue"], registry=r
+        )
+        self.mqtt_connected = Gauge(
+            "edge_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.opcua_connected = Gauge(
+            "edge_opcua_connected",
+            "1 while connected to an OPC UA server",
+            ["endpoint"],
+            registry=r,
+        )
+        self.sink_ok = Gauge(
+            "edge_influx_up", "1 while the last write to the sink succeeded", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

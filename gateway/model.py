@@ -1,0 +1,125 @@
+"""The value types that flow through the pipeline.
+
+Plain slotted dataclasses: they are created once per reading on the hot path,
+so they do no validation of their own. `gateway.normalize` is the one place
+that turns untrusted bytes into a `Reading` (or a `Reject` saying why not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+# Reject reasons, SPEC §4 "Validation". The label values of
+# edge_readings_rejected_total{reason}.
+MALFORMED: Final = "malformed"
+MISSING_FIELD: Final = "missing_field"
+INVALID_VALUE: Final = "invalid_value"
+OUT_OF_RANGE: Final = "out_of_range"
+FUTURE_TIMESTAMP: Final = "future_timestamp"
+STALE_TIMESTAMP: Final = "stale_timestamp"
+TOO_LARGE: Final = "too_large"
+SERIES_LIMIT: Final = "series_limit"
+BAD_QUALITY: Final = "bad_quality"
+DUPLICATE: Final = "duplicate"
+REJECT_REASONS: Final = (
+    MALFORMED,
+    MISSING_FIELD,
+    INVALID_VALUE,
+    OUT_OF_RANGE,
+    FUTURE_TIMESTAMP,
+    STALE_TIMESTAMP,
+    TOO_LARGE,
+    SERIES_LIMIT,
+    BAD_QUALITY,
+    DUPLICATE,
+)
+
+# Alert kinds (SPEC §5) and severities, lowest first.
+ZSCORE: Final = "zscore"
+THRESHOLD_HIGH: Final = "threshold_high"
+THRESHOLD_LOW: Final = "threshold_low"
+OFFLINE: Final = "offline"
+TREND: Final = "trend"
+DEFECT_RATE: Final = "defect_rate"
+SEVERITIES: Final = ("low", "medium", "high", "critical")
+SEVERITY_RANK: Final = {s: i for i, s in enumerate(SEVERITIES)}
+
+# The sensor name used for equipment-level alerts (offline, defect_rate).
+EQUIPMENT_SENSOR: Final = "*"
+
+
+@dataclass(slots=True)
+class Reading:
+    """One normalized measurement of one series (equipment + sensor).
+
+    `ts` is nanoseconds since the Unix epoch, UTC. `tags` holds `line` and any
+    other named topic-template levels; readings from one message may share the
+    same dict, so treat it as read-only. `received` is `time.monotonic()` when
+    the raw message arrived, for the pipeline-latency histogram.
+    """
+
+    equipment: str
+    sensor: str
+    value: float
+    ts: int
+    unit: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    source: str = "mqtt"
+    received: float = 0.0
+
+    @property
+    def line(self) -> str:
+        return self.tags.get("line", "")
+
+
+@dataclass(slots=True, frozen=True)
+class Reject:
+    """Input that did not become a reading, and why (one of REJECT_REASONS)."""
+
+    reason: str
+    detail: str
+    topic: str = ""
+    payload: bytes = b""
+
+
+@dataclass(slots=True)
+class Finding:
+    """One abnormal verdict of one detector for one reading."""
+
+    kind: str
+    severity: str
+    value: float
+    threshold: float
+    message: str
+    z: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(slots=True)
+class Score:
+    """What the detectors said about one reading.
+
+    `z` is None while the series is warming up. An empty `findings` list means
+    the reading was normal for every detector.
+    """
+
+    z: float | None
+    findings: list[Finding]
+
+    @property
+    def anomaly(self) -> bool:
+        return bool(self.findings)
+
+
+@dataclass(slots=True, frozen=True)
+class RawMessage:
+    """Bytes as they arrived from a source, before normalization."""
+
+    topic: str
+    payload: bytes
+    received: float  # time.monotonic()
+    received_ns: int  # time.time_ns(), used when a payload has no ts
+    source: str = "mqtt"
+    subscription: int = 0  # index into the source's subscription list

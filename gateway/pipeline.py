@@ -1,0 +1,415 @@
+"""The gateway's wiring: the one place with queues and tasks.
+
+    source ──deliver──▶ ingest queue ──▶ process (normalize → detect → alerts)
+                                            │                    │
+                                            ▼                    ▼
+                                       write queue         publish queue
+                                            │                    │
+                                     writer (batches,      publisher (alerts,
+                                     retries the sink)     status, dead letters)
+
+Every queue is bounded except the publish queue (alert transitions are few
+and must not be lost while the broker is away). A full queue makes the stage
+before it wait, so a slow sink slows intake instead of dropping data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+import orjson
+
+from adapters.base import Sink, SinkError
+from adapters.mqtt import MqttLink, NotConnected
+from gateway.alerts import Alert, AlertManager, iso_ms
+from gateway.backoff import Backoff
+from gateway.config import Settings
+from gateway.detect import Detectors, OfflineTracker, RuleSet
+from gateway.lineproto import ReadingLines, alert_line
+from gateway.metrics import Metrics
+from gateway.model import REJECT_REASONS, RawMessage, Reading, Reject, Score
+from gateway.normalize import Normalizer
+from gateway.ratelimit import TokenBucket
+
+log = logging.getLogger("edge.pipeline")
+
+DEADLETTER_PAYLOAD_MAX = 1024
+PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
+_STOP = object()
+
+
+class Gateway:
+    """One running gateway: build it from Settings, `await run()` until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sink: Sink | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        s = self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.rules = RuleSet(s.rules)
+        self.normalizer = Normalizer(
+            s.mqtt.subscriptions, s.validation, bounds=self._bounds, source="mqtt"
+        )
+        self.detectors = Detectors(s.detection, self.rules)
+        self.offline = OfflineTracker(s.alerts.offline_after_s)
+        self.alerts = AlertManager(s.alerts)
+        if sink is None and s.influx.enabled:
+            from adapters.influx import InfluxSink
+
+            sink = InfluxSink(s.influx)
+        self.sink = sink
+        prefix = s.alerts.topic_prefix
+        self.ack_topic = f"{prefix}/ack"
+        self.deadletter_topic = f"gateway/{s.mqtt.client_id}/deadletter"
+        self.mqtt = MqttLink(s.mqtt, command_topics=(self.ack_topic,), on_state=self._mqtt_state)
+        self.lines = ReadingLines()
+        self._ingest: asyncio.Queue[object] = asyncio.Queue(
+            maxsize=max(1, s.pipeline.queue_size // 100)
+        )
+        self._writes: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+        self._publish: asyncio.Queue[object] = asyncio.Queue()
+        self._accepting = True
+        self._parked: asyncio.Future[None] | None = None
+        self._sink_ok = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dl_bucket = TokenBucket(
+            s.mqtt.deadletter_per_s, max(1, int(s.mqtt.deadletter_per_s)), time.monotonic()
+        )
+        self.started = asyncio.Event()
+        m = self.metrics
+        self._m_received = m.readings_received.labels("mqtt")
+        self._m_messages = m.messages_received.labels("mqtt")
+        self._m_rejected = {r: m.readings_rejected.labels(r) for r in REJECT_REASONS}
+
+    # ----------------------------------------------------------------- state
+    def _bounds(self, equipment: str, sensor: str, line: str) -> tuple[float | None, float | None]:
+        rule = self.rules.resolve(equipment, sensor, line)
+        return rule.min, rule.max
+
+    def _mqtt_state(self, up: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if up else 0)
+
+    @property
+    def sink_ok(self) -> bool:
+        """The last sink write succeeded (or nothing failed yet, or no sink)."""
+        return self.sink is None or self._sink_ok
+
+    @property
+    def ready(self) -> bool:
+        """Broker connected and the sink writable."""
+        return self.mqtt.connected and self.sink_ok
+
+    # ---------------------------------------------------------------- intake
+    async def deliver(self, batch: list[RawMessage]) -> None:
+        """Called by sources; waits while the pipeline is full or stopping."""
+        if not self._accepting:
+            if self._parked is None:
+                self._parked = asyncio.get_running_loop().create_future()
+            await self._parked
+        self._m_messages.inc(len(batch))
+        await self._ingest.put(batch)
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        if topic != self.ack_topic:
+            return
+        try:
+            cmd = orjson.loads(payload)
+            alert_id = str(cmd["id"])
+            by = str(cmd.get("by") or "unknown")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            self.metrics.acks_unknown.inc()
+            log.warning("alerts: ignored malformed ack on %s", topic)
+            return
+        transitions = self.alerts.acknowledge(alert_id, by, time.time())
+        if not transitions:
+            self.metrics.acks_unknown.inc()
+        self._emit(transitions)
+
+    # --------------------------------------------------------------- process
+    async def _process_loop(self) -> None:
+        while True:
+            item = await self._ingest.get()
+            if item is _STOP:
+                await self._writes.put(_STOP)
+                return
+            assert isinstance(item, list)
+            out, alert_lines = self.process(item)
+            if out or alert_lines:
+                await self._writes.put((out, alert_lines))
+
+    def process(self, batch: list[RawMessage]) -> tuple[list[tuple[Reading, Score]], list[str]]:
+        """Normalize, score and alert one batch; synchronous, no I/O."""
+        now = time.time()
+        mono = time.monotonic()
+        normalize = self.normalizer.normalize
+        score = self.detectors.score
+        observe = self.alerts.observe
+        seen_status = self.alerts.seen
+        seen_offline = self.offline.seen
+        out: list[tuple[Reading, Score]] = []
+        transitions: list[Alert] = []
+        oldest = batch[0].received if batch else mono
+        for msg in batch:
+            readings, rejects = normalize(msg)
+            if rejects:
+                self._rejected(rejects, mono)
+            for r in readings:
+                if seen_offline(r.equipment, r.line, mono):
+                    transitions.extend(self.alerts.online(r.equipment, now))
+                seen_status(r.equipment, r.ts)
+                sc = score(r)
+                t = observe(r, sc, now)
+                if t:
+                    transitions.extend(t)
+                out.append((r, sc))
+        if out:
+            self._m_received.inc(len(out))
+            self.metrics.pipeline_latency.observe(time.monotonic() - oldest)
+        return out, self._emit(transitions)
+
+    def _rejected(self, rejects: Iterable[Reject], mono: float) -> None:
+        for rj in rejects:
+            counter = self._m_rejected.get(rj.reason)
+            if counter is None:
+                counter = self._m_rejected[rj.reason] = self.metrics.readings_rejected.labels(
+                    rj.reason
+                )
+            counter.inc()
+            if self._publish.qsize() < PUBLISH_BACKLOG_FOR_DEADLETTERS and self._dl_bucket.take(
+                mono
+            ):
+                body = orjson.dumps(
+                    {
+                        "reason": rj.reason,
+                        "detail": rj.detail,
+                        "topic": rj.topic,
+                        "payload": rj.payload[:DEADLETTER_PAYLOAD_MAX].decode("utf-8", "replace"),
+                        "ts": time.time(),
+                    }
+                )
+                self._publish.put_nowait((self.deadletter_topic, body, 0, False))
+                self.metrics.deadletters.inc()
+            else:
+                self.metrics.deadletters_suppressed.inc()
+
+    def _emit(self, transitions: list[Alert]) -> list[str]:
+        """Publish alert transitions and status changes; return their alert lines."""
+        lines: list[str] = []
+        prefix = self.settings.alerts.topic_prefix
+        for a in transitions:
+            self.metrics.alerts.labels(a.kind, a.severity, a.state).inc()
+            event = orjson.dumps(a.to_event())
+            self._publish.put_nowait((f"{prefix}/events/{a.equipment}/{a.sensor}", event, 1, False))
+            active_topic = f"{prefix}/active/{a.equipment}/{a.sensor}/{a.kind}"
+            retained = b"" if a.state == "cleared" else event
+            self._publish.put_nowait((active_topic, retained, 1, True))
+            lines.append(
+                alert_line(
+                    equipment=a.equipment,
+                    sensor=a.sensor,
+                    kind=a.kind,
+                    severity=a.severity,
+                    state=a.state,
+                    alert_id=a.id,
+                    message=a.message,
+                    value=a.value,
+                    z=a.z,
+                    threshold=a.threshold,
+                    ts_ns=int(a.updated_at * 1e9),
+                )
+            )
+        status_prefix = self.settings.alerts.status_prefix
+        for equipment, status, last_seen_ns in self.alerts.drain_status_changes():
+            body = orjson.dumps(
+                {"equipment": equipment, "status": status, "last_seen": iso_ms(last_seen_ns)}
+            )
+            self._publish.put_nowait((f"{status_prefix}/{equipment}", body, 1, True))
+        if transitions:
+            self.metrics.alerts_active.set(self.alerts.active_count)
+        return lines
+
+    # ----------------------------------------------------------------- write
+    async def _write_loop(self) -> None:
+        cfg = self.settings.influx
+        interval = cfg.flush_interval_ms / 1000
+        readings: list[tuple[Reading, Score]] = []
+        alert_lines: list[str] = []
+        first_at = 0.0
+        stopping = False
+        while not stopping:
+            timeout = (
+                None
+                if not (readings or alert_lines)
+                else max(0.0, first_at + interval - time.monotonic())
+            )
+            try:
+                item = await asyncio.wait_for(self._writes.get(), timeout)
+            except TimeoutError:
+                item = None
+            if item is _STOP:
+                stopping = True
+            elif item is not None:
+                r, a = item  # type: ignore[misc]
+                if not (readings or alert_lines):
+                    first_at = time.monotonic()
+                readings.extend(r)
+                alert_lines.extend(a)
+            due = time.monotonic() - first_at >= interval
+            if (readings or alert_lines) and (
+                stopping or len(readings) >= cfg.batch_size or due or item is None
+            ):
+                await self._flush(readings, alert_lines)
+                readings, alert_lines = [], []
+
+    async def _flush(self, readings: list[tuple[Reading, Score]], alert_lines: list[str]) -> None:
+        if self.sink is None:
+            self.metrics.readings_written.inc(len(readings))
+            return
+        body = self.lines.build(readings)
+        if alert_lines:
+            extra = "\n".join(alert_lines).encode()
+            body = body + b"\n" + extra if body else extra
+        cfg = self.settings.influx
+        backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
+        while True:
+            t0 = time.monotonic()
+            try:
+                await self.sink.write(body)
+            except SinkError as e:
+                self.metrics.write_errors.labels("true" if e.retryable else "false").inc()
+                if not e.retryable:
+                    log.error(
+                        "sink: %s rejected a batch of %d readings for good: %s",
+                        self.sink.name,
+                        len(readings),
+                        e,
+                    )
+                    return
+                if self._sink_ok:
+                    log.warning("sink: %s failing: %s (retrying with backoff)", self.sink.name, e)
+                    self._sink_ok = False
+                    self.metrics.sink_ok.set(0)
+                delay = backoff.next()
+                if e.retry_after is not None:
+                    delay = max(delay, e.retry_after)
+                await asyncio.sleep(delay)
+                continue
+            self.metrics.influx_write.observe(time.monotonic() - t0)
+            if not self._sink_ok:
+                log.info("sink: %s writable again", self.sink.name)
+            self._sink_ok = True
+            self.metrics.sink_ok.set(1)
+            self.metrics.readings_written.inc(len(readings))
+            self.metrics.alerts_written.inc(len(alert_lines))
+            return
+
+    # --------------------------------------------------------------- publish
+    async def _publish_loop(self) -> None:
+        while True:
+            item = await self._publish.get()
+            if item is _STOP:
+                return
+            topic, payload, qos, retain = item  # type: ignore[misc]
+            while True:
+                await self.mqtt.wait_connected()
+                try:
+                    await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+                    break
+                except NotConnected:
+                    await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------------ tick
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.tick()
+
+    def tick(self) -> None:
+        now = time.time()
+        transitions: list[Alert] = []
+        for equipment, line in self.offline.check(time.monotonic()):
+            last = self.alerts.last_seen(equipment)
+            transitions.extend(self.alerts.offline(equipment, line, now, last))
+        transitions.extend(self.alerts.tick(now))
+        lines = self._emit(transitions)
+        if lines:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._writes.put_nowait(([], lines))
+        m = self.metrics
+        m.series_active.set(self.detectors.series_count)
+        m.alerts_active.set(self.alerts.active_count)
+        m.queue_depth.labels("ingest").set(self._ingest.qsize())
+        m.queue_depth.labels("write").set(self._writes.qsize())
+        m.queue_depth.labels("publish").set(self._publish.qsize())
+
+    # ------------------------------------------------------------- lifecycle
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain and return."""
+        from gateway.http import start_http
+
+        runner = None
+        if self.settings.http.enabled:
+            runner = await start_http(self, self.settings.http.host, self.settings.http.port)
+        self.metrics.mqtt_connected.set(0)
+        self.metrics.sink_ok.set(1)
+        process = asyncio.create_task(self._process_loop(), name="process")
+        writer = asyncio.create_task(self._write_loop(), name="write")
+        publisher = asyncio.create_task(self._publish_loop(), name="publish")
+        others = [
+            asyncio.create_task(self.mqtt.run(self.deliver, self._on_command), name="mqtt"),
+            asyncio.create_task(self._tick_loop(), name="tick"),
+        ]
+        self.started.set()
+        log.info("gateway: started (client_id %s)", self.settings.mqtt.client_id)
+        watched = {process, writer, publisher, *others}
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stop_wait, *watched}, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop_wait and not t.cancelled() and t.exception() is not None:
+                log.error("gateway: task %s failed: %r", t.get_name(), t.exception())
+        stop_wait.cancel()
+        await self._drain(process, writer, publisher)
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        if self.sink is not None:
+            await self.sink.close()
+        log.info("gateway: stopped")
+
+    async def _drain(
+        self, process: asyncio.Task[None], writer: asyncio.Task[None], publisher: asyncio.Task[None]
+    ) -> None:
+        """Stop intake, push what is in flight to the sink and the broker."""
+        deadline = self.settings.pipeline.shutdown_timeout_s
+        self._accepting = False
+        try:
+            async with asyncio.timeout(deadline):
+                if not process.done():
+                    await self._ingest.put(_STOP)
+                    await process
+                if not writer.done():
+                    await writer
+                self.tick()
+                if self.mqtt.connected and not publisher.done():
+                    self._publish.put_nowait(_STOP)
+                    await publisher
+                await self.mqtt.goodbye()
+        except TimeoutError:
+            log.error(
+                "gateway: shutdown deadline %.0f s passed with %d batches unwritten",
+                deadline,
+                self._writes.qsize(),
+            )
+        for t in (process, writer, publisher):
+            t.cancel()
+        await asyncio.gather(process, writer, publisher, return_exceptions=True)

@@ -1,0 +1,511 @@
+"""Real test servers (mosquitto, VictoriaMetrics, InfluxDB 1.x) on free loopback ports.
+
+Plain helpers with no pytest dependency, used by the test fixtures and the benchmarks.
+Every server runs from a binary on PATH (or /usr/sbin) with its own temp directory, in its
+own process group, and is killed on ``stop()``/``close()`` or, as a safety net, at exit.
+Only 127.0.0.1 is ever used; an existing broker on port 1883 is never touched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+HOST = "127.0.0.1"
+_EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+_LIVE: set[_Server] = set()
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str) -> str | None:
+    """Path of executable ``name`` on PATH or in the sbin directories, else None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    path = os.pathsep.join(_EXTRA_BIN_DIRS)
+    return shutil.which(name, path=path)
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_request(
+    url: str,
+    data: bytes | None = None,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    """Do one HTTP request; return (status, body) also for 4xx/5xx answers."""
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+class ServerError(RuntimeError):
+    """A test server failed to start or answered unexpectedly."""
+
+
+class _Server:
+    """Lifecycle shared by all servers: one process group, fixed port, temp dir."""
+
+    binary: ClassVar[str] = ""
+    start_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        path = find_binary(self.binary)
+        if path is None:
+            raise FileNotFoundError(f"{self.binary} not found on PATH or in /usr/sbin")
+        self.exe = path
+        self.host = HOST
+        self.port = free_port()
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"edge-test-{self.binary}-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+        self._started_once = False
+
+    # -- subclass hooks -------------------------------------------------------------
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Write config files for the current port (called before every start)."""
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and wait until it serves; no-op if already running.
+
+        The first start retries on another free port if the chosen one was taken in the
+        meantime; later starts (restarts) always reuse the same port.
+        """
+        if self.running:
+            return self
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                break
+            except ServerError:
+                if attempt == attempts - 1 or not self._port_taken_by_other():
+                    raise
+                self._pick_ports()
+        self._started_once = True
+        return self
+
+    def _port_taken_by_other(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    def _start_once(self) -> None:
+        self._prepare()
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        _LIVE.add(self)
+        deadline = t0 + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self._reap()
+                raise ServerError(f"{self.binary} exited with {code}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if self._ready():
+                    break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ServerError(
+                    f"{self.binary} not ready on {self.host}:{self.port} after "
+                    f"{self.start_timeout:.0f}s:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+        self.startup_seconds = time.monotonic() - t0
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def _reap(self) -> None:
+        # Leftover children of the group (none expected) get SIGKILL too.
+        self._signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self.proc = None
+        _LIVE.discard(self)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM to the process group), SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        self._reap()
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL to its process group, no chance to flush."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self._reap()
+
+    def restart(self, *, hard: bool = False) -> Self:
+        """Stop (or kill when ``hard``) and start again on the same port and data dir."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its temp dir (if we created it)."""
+        self.stop()
+        self._remove_dir()
+
+    def _remove_dir(self) -> None:
+        if self._own_dir and not os.environ.get("EDGE_KEEP_SERVER_DIRS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+
+
+class Mosquitto(_Server):
+    """A private mosquitto broker with on-disk persistence (sessions survive restarts).
+
+    ``stop()`` saves the persistence DB; after ``kill()`` only what the last autosave
+    (every ``autosave_interval`` seconds) wrote survives, as on a real crash.
+    """
+
+    binary = "mosquitto"
+
+    def __init__(
+        self,
+        extra_config: Sequence[str] = (),
+        *,
+        autosave_interval: int = 1,
+        workdir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(workdir)
+        self.extra_config = list(extra_config)
+        self.autosave_interval = autosave_interval
+        self.conf_path = self.dir / "mosquitto.conf"
+        self.persistence_dir = self.dir / "persist"
+        self.persistence_dir.mkdir(exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _prepare(self) -> None:
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.persistence_dir}/",
+            f"autosave_interval {self.autosave_interval}",
+            "max_queued_messages 100000",
+            "max_inflight_messages 1000",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_timestamp true",
+        ]
+        if os.geteuid() == 0:
+            # mosquitto 2 drops root to user "mosquitto", which cannot write our temp dir.
+            lines.append("user root")
+        lines.extend(self.extra_config)
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _argv(self) -> list[str]:
+        return [self.exe, "-c", str(self.conf_path)]
+
+    def _ready(self) -> bool:
+        return port_open(self.host, self.port)
+
+
+class VictoriaMetrics(_Server):
+    """A private single-node VictoriaMetrics (tested with 1.79).
+
+    Influx line protocol is accepted on ``/api/v2/write`` and ``/write``: measurement
+    ``readings`` with field ``value`` becomes metric ``readings_value``, tags become labels.
+    VictoriaMetrics stores MILLISECOND timestamps: nanosecond input is truncated (floored,
+    not rounded) to ms, e.g. ...464_553_369 ns -> ...464 ms. Points older than the
+    retention period are dropped silently, so tests must write current timestamps.
+    Freshly written rows become visible after an internal flush (~1 s); use
+    ``wait_for_count`` rather than a single ``export``.
+    Durability: ``stop()`` (SIGTERM) persists everything. After ``kill()`` (SIGKILL) rows
+    acknowledged within the last ~5 s are lost by VM 1.79 itself (``force_flush`` makes
+    them searchable, not durable), so fault tests that must lose nothing use ``stop()``
+    or wait ``unflushed_window_s`` before killing.
+    """
+
+    unflushed_window_s: ClassVar[float] = 6.0
+
+    binary = "victoria-metrics"
+
+    def __init__(
+        self, extra_args: Sequence[str] = (), *, workdir: str | os.PathLike[str] | None = None
+    ) -> None:
+        super().__init__(workdir)
+        self.extra_args = list(extra_args)
+        self.data_dir = self.dir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _argv(self) -> list[str]:
+        return [
+            self.exe,
+            f"-httpListenAddr={self.host}:{self.port}",
+            f"-storageDataPath={self.data_dir}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=ERROR",
+            *self.extra_args,
+        ]
+
+    def _ready(self) -> bool:
+        status, _ = http_request(f"{self.url}/health", timeout=1.0)
+        return status == 200
+
+    # -- helpers --------------------------------------------------------------------
+    def write_lines(self, lines: str | Iterable[str], path: str = "/api/v2/write") -> int:
+        """POST line protocol; returns the HTTP status (204 on success)."""
+        body = lines if isinstance(lines, str) else "\n".join(lines)
+        status, _ = http_request(f"{self.url}{path}", data=body.encode(), method="POST")
+        return status
+
+    def force_flush(self) -> None:
+        """Make recently ingested rows searchable now."""
+        status, body = http_request(f"{self.url}/internal/force_flush")
+        if status != 200:
+            raise ServerError(f"force_flush -> {status}: {body[:200]!r}")
+
+    def export(self, match: str, start: float | None = None) -> list[dict[str, Any]]:
+        """Raw series from ``/api/v1/export``: dicts with metric, values, timestamps (ms)."""
+        params: list[tuple[str, str]] = [("match[]", match)]
+        if start is not None:
+            params.append(("start", str(start)))
+        url = f"{self.url}/api/v1/export?{urllib.parse.urlencode(params)}"
+        status, body = http_request(url)
+        if status != 200:
+            raise ServerError(f"export {match!r} -> {status}: {body[:300]!r}")
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    @staticmethod
+    def selector(metric: str, **labels: str) -> str:
+        """PromQL series selector ``metric{k="v",...}`` with escaped values."""
+        if not labels:
+            return metric
+        inner = ",".join(f"{k}={json.dumps(str(v))}" for k, v in sorted(labels.items()))
+        return f"{metric}{{{inner}}}"
+
+    def series_values(self, metric: str, **labels: str) -> list[tuple[int, float]]:
+        """All (timestamp_ms, value) samples of matching series, sorted by time."""
+        out: list[tuple[int, float]] = []
+        for series in self.export(self.selector(metric, **labels)):
+            out.extend(zip(series["timestamps"], series["values"], strict=True))
+        return sorted(out)
+
+    def count(self, match: str) -> int:
+        """Total number of samples in all series matching ``match``."""
+        return sum(len(s["values"]) for s in self.export(match))
+
+    def wait_for_count(self, match: str, n: int, timeout: float = 10.0) -> int:
+        """Poll (with force_flush) until at least ``n`` samples match; return the count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.force_flush()
+            got = self.count(match)
+            if got >= n:
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{match}: {got} samples after {timeout}s, wanted {n}")
+            time.sleep(0.1)
+
+
+class InfluxDB1(_Server):
+    """A private InfluxDB 1.x (tested with 1.6.7): only v1 ``/write`` and ``/query``."""
+
+    binary = "influxd"
+    start_timeout = 30.0
+
+    def __init__(self, *, workdir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(workdir)
+        self.rpc_port = free_port()
+        self.conf_path = self.dir / "influxdb.conf"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _port_taken_by_other(self) -> bool:
+        return port_open(self.host, self.port) or port_open(self.host, self.rpc_port)
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+        self.rpc_port = free_port()
+
+    def _prepare(self) -> None:
+        d = self.dir
+        self.conf_path.write_text(
+            f"""reporting-disabled = true
+bind-address = "{self.host}:{self.rpc_port}"
+
+[meta]
+  dir = "{d / "meta"}"
+  retention-autocreate = true
+  logging-enabled = false
+
+[data]
+  dir = "{d / "data"}"
+  wal-dir = "{d / "wal"}"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{self.host}:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  pprof-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+"""
+        )
+
+    def _argv(self) -> list[str]:
+        return [self.exe, "-config", str(self.conf_path)]
+
+    def _ready(self) -> bool:
+        status, _ = http_request(f"{self.url}/ping", timeout=1.0)
+        return status == 204
+
+    # -- helpers --------------------------------------------------------------------
+    def query(self, q: str, db: str | None = None, *, epoch: str | None = "ns") -> dict[str, Any]:
+        """Run InfluxQL via POST /query; timestamps as integers in ``epoch`` units."""
+        params = {"q": q}
+        if db:
+            params["db"] = db
+        if epoch:
+            params["epoch"] = epoch
+        status, body = http_request(
+            f"{self.url}/query",
+            data=urllib.parse.urlencode(params).encode(),
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        result: dict[str, Any] = json.loads(body) if body else {}
+        if status != 200 or "error" in result:
+            raise ServerError(f"query {q!r} -> {status}: {body[:300]!r}")
+        for stmt in result.get("results", []):
+            if "error" in stmt:
+                raise ServerError(f"query {q!r}: {stmt['error']}")
+        return result
+
+    def create_database(self, name: str) -> None:
+        self.query(f'CREATE DATABASE "{name}"', epoch=None)
+
+    def write_lines(self, db: str, lines: str | Iterable[str], precision: str = "ns") -> int:
+        """POST line protocol to v1 ``/write``; returns the HTTP status (204 on success)."""
+        body = lines if isinstance(lines, str) else "\n".join(lines)
+        qs = urllib.parse.urlencode({"db": db, "precision": precision})
+        status, _ = http_request(f"{self.url}/write?{qs}", data=body.encode(), method="POST")
+        return status
+
+    def points(self, q: str, db: str) -> list[dict[str, Any]]:
+        """Rows of the first series of a SELECT as dicts keyed by column name."""
+        series = self.query(q, db)["results"][0].get("series", [])
+        if not series:
+            return []
+        cols = series[0]["columns"]
+        return [dict(zip(cols, row, strict=True)) for row in series[0]["values"]]
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Safety net for servers never closed (crashed test run, forgotten close()).
+    for server in list(_LIVE):
+        server.kill()
+        server._remove_dir()
