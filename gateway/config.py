@@ -222,6 +222,7 @@ class InfluxConfig(_Section):
 class SpoolConfig(_Section):
     dir: str = "/var/lib/edge-gateway"
     max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+    snapshot_interval_s: float = Field(default=60.0, gt=0)
 
 
 class HttpConfig(_Section):

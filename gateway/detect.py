@@ -673,3 +673,24 @@ class OfflineTracker:
 
     def __len__(self) -> int:
         return len(self._last)
+
+    def snapshot(self) -> bytes:
+        """Known equipment, their line, and which are offline (times are not kept)."""
+        return orjson.dumps({"v": 1, "lines": self._line, "offline": sorted(self._offline)})
+
+    def restore(self, data: bytes, now: float) -> None:
+        """Reload a snapshot; every known equipment counts as seen at `now`.
+
+        So one that stays silent after a restart goes offline `offline_after_s`
+        later, and one that was offline stays offline until its next reading.
+        """
+        try:
+            doc = orjson.loads(data)
+            lines = {str(k): str(v) for k, v in doc["lines"].items()}
+            offline = {str(e) for e in doc["offline"]}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"offline snapshot unreadable: {e}") from None
+        self._line.update(lines)
+        for eq in lines:
+            self._last.setdefault(eq, now)
+        self._offline |= offline & set(lines)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import orjson
 
@@ -34,12 +34,16 @@ from gateway.metrics import Metrics
 from gateway.model import REJECT_REASONS, RawMessage, Reading, Reject, Score
 from gateway.normalize import Normalizer
 from gateway.ratelimit import TokenBucket
+from gateway.state import StateStore
 
 log = logging.getLogger("edge.pipeline")
 
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
-_STOP = object()
+
+# Queue items; None in a queue means "stop after what came before".
+WriteItem = tuple[list[tuple[Reading, Score]], list[str]]
+PublishItem = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
 class Gateway:
@@ -71,11 +75,12 @@ class Gateway:
         self.deadletter_topic = f"gateway/{s.mqtt.client_id}/deadletter"
         self.mqtt = MqttLink(s.mqtt, command_topics=(self.ack_topic,), on_state=self._mqtt_state)
         self.lines = ReadingLines()
-        self._ingest: asyncio.Queue[object] = asyncio.Queue(
+        self.state = StateStore(s.spool.dir)
+        self._ingest: asyncio.Queue[list[RawMessage] | None] = asyncio.Queue(
             maxsize=max(1, s.pipeline.queue_size // 100)
         )
-        self._writes: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
-        self._publish: asyncio.Queue[object] = asyncio.Queue()
+        self._writes: asyncio.Queue[WriteItem | None] = asyncio.Queue(maxsize=64)
+        self._publish: asyncio.Queue[PublishItem | None] = asyncio.Queue()
         self._accepting = True
         self._parked: asyncio.Future[None] | None = None
         self._sink_ok = True
@@ -137,10 +142,9 @@ class Gateway:
     async def _process_loop(self) -> None:
         while True:
             item = await self._ingest.get()
-            if item is _STOP:
-                await self._writes.put(_STOP)
+            if item is None:
+                await self._writes.put(None)
                 return
-            assert isinstance(item, list)
             out, alert_lines = self.process(item)
             if out or alert_lines:
                 await self._writes.put((out, alert_lines))
@@ -250,21 +254,22 @@ class Gateway:
                 if not (readings or alert_lines)
                 else max(0.0, first_at + interval - time.monotonic())
             )
+            timed_out = False
             try:
                 item = await asyncio.wait_for(self._writes.get(), timeout)
             except TimeoutError:
-                item = None
-            if item is _STOP:
+                item, timed_out = None, True
+            if item is None and not timed_out:
                 stopping = True
             elif item is not None:
-                r, a = item  # type: ignore[misc]
+                r, a = item
                 if not (readings or alert_lines):
                     first_at = time.monotonic()
                 readings.extend(r)
                 alert_lines.extend(a)
             due = time.monotonic() - first_at >= interval
             if (readings or alert_lines) and (
-                stopping or len(readings) >= cfg.batch_size or due or item is None
+                stopping or timed_out or due or len(readings) >= cfg.batch_size
             ):
                 await self._flush(readings, alert_lines)
                 readings, alert_lines = [], []
@@ -315,9 +320,9 @@ class Gateway:
     async def _publish_loop(self) -> None:
         while True:
             item = await self._publish.get()
-            if item is _STOP:
+            if item is None:
                 return
-            topic, payload, qos, retain = item  # type: ignore[misc]
+            topic, payload, qos, retain = item
             while True:
                 await self.mqtt.wait_connected()
                 try:
@@ -336,7 +341,7 @@ class Gateway:
         now = time.time()
         transitions: list[Alert] = []
         for equipment, line in self.offline.check(time.monotonic()):
-            last = self.alerts.last_seen(equipment)
+            last = self.alerts.last_seen(equipment) or 0
             transitions.extend(self.alerts.offline(equipment, line, now, last))
         transitions.extend(self.alerts.tick(now))
         lines = self._emit(transitions)
@@ -350,11 +355,53 @@ class Gateway:
         m.queue_depth.labels("write").set(self._writes.qsize())
         m.queue_depth.labels("publish").set(self._publish.qsize())
 
+    # ----------------------------------------------------------------- state
+    def _state_parts(self) -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object]]]:
+        return {
+            "detectors.json": (self.detectors.snapshot, self.detectors.restore),
+            "alerts.json": (self.alerts.snapshot, self.alerts.restore),
+            "equipment.json": (
+                self.offline.snapshot,
+                lambda data: self.offline.restore(data, time.monotonic()),
+            ),
+        }
+
+    def restore_state(self) -> None:
+        for name, (_, restore) in self._state_parts().items():
+            data = self.state.load(name)
+            if data is None:
+                continue
+            try:
+                restore(data)
+            except ValueError as e:
+                self.state.quarantine(name, str(e))
+        if self.detectors.series_count or self.alerts.active_count:
+            log.info(
+                "state: restored %d series baselines and %d active alerts",
+                self.detectors.series_count,
+                self.alerts.active_count,
+            )
+
+    async def save_state(self) -> None:
+        """Snapshot in the loop (consistent), write in a thread (fsync)."""
+        blobs = {name: snap() for name, (snap, _) in self._state_parts().items()}
+        try:
+            for name, data in blobs.items():
+                await asyncio.to_thread(self.state.save, name, data)
+        except OSError as e:
+            log.warning("state: cannot save to %s: %s", self.state.dir, e.strerror)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.spool.snapshot_interval_s)
+            await self.save_state()
+
     # ------------------------------------------------------------- lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain and return."""
         from gateway.http import start_http
 
+        self.restore_state()
         runner = None
         if self.settings.http.enabled:
             runner = await start_http(self, self.settings.http.host, self.settings.http.port)
@@ -366,6 +413,7 @@ class Gateway:
         others = [
             asyncio.create_task(self.mqtt.run(self.deliver, self._on_command), name="mqtt"),
             asyncio.create_task(self._tick_loop(), name="tick"),
+            asyncio.create_task(self._snapshot_loop(), name="snapshot"),
         ]
         self.started.set()
         log.info("gateway: started (client_id %s)", self.settings.mqtt.client_id)
@@ -380,6 +428,7 @@ class Gateway:
         for t in others:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        await self.save_state()
         if runner is not None:
             await runner.cleanup()
         if self.sink is not None:
@@ -395,13 +444,13 @@ class Gateway:
         try:
             async with asyncio.timeout(deadline):
                 if not process.done():
-                    await self._ingest.put(_STOP)
+                    await self._ingest.put(None)
                     await process
                 if not writer.done():
                     await writer
                 self.tick()
                 if self.mqtt.connected and not publisher.done():
-                    self._publish.put_nowait(_STOP)
+                    self._publish.put_nowait(None)
                     await publisher
                 await self.mqtt.goodbye()
         except TimeoutError:

@@ -1,0 +1,103 @@
+"""Config loading: defaults, TOML, env overrides, one-line errors, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, dump_settings, load_settings
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_empty_config_runs_against_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_CONFIG", raising=False)
+    s = load_settings(None)
+    assert (s.mqtt.host, s.mqtt.port) == ("127.0.0.1", 1883)
+    assert s.mqtt.subscriptions[0].topic == "plant/+/+/+"
+    assert s.mqtt.subscriptions[0].qos == 1
+    assert (s.detection.window, s.detection.threshold_sigma, s.detection.warmup) == (100, 3.0, 30)
+    assert (s.alerts.offline_after_s, s.alerts.clear_after, s.alerts.escalate_after_s) == (
+        30,
+        5,
+        300,
+    )
+    assert (s.http.host, s.http.port) == ("127.0.0.1", 9108)
+    assert s.validation.max_future_s == 900 and s.validation.max_series == 100_000
+
+
+def test_example_config_is_valid() -> None:
+    s = load_settings(Path(__file__).parents[2] / "deploy" / "edge-gateway.example.toml")
+    assert s.rules and s.rules[0].high == 85.0
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _write(tmp_path, '[mqtt]\nport = 1999\nhost = "broker"\n')
+    monkeypatch.setenv("EDGE_MQTT__PORT", "1884")
+    monkeypatch.setenv("EDGE_INFLUX__TOKEN", "s3cret")
+    s = load_settings(p)
+    assert s.mqtt.port == 1884  # env wins
+    assert s.mqtt.host == "broker"  # file kept where env is silent
+    assert s.influx.token.get_secret_value() == "s3cret"
+
+
+def test_edge_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_CONFIG", str(_write(tmp_path, '[mqtt]\nclient_id = "gw-7"\n')))
+    assert load_settings(None).mqtt.client_id == "gw-7"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[mqtt]\nport = 0\n", "config: [mqtt] port must be 1-65535, got 0"),
+        ("[mqtt]\nprot = 5\n", "config: [mqtt] unknown key 'prot'"),
+        ('[detection]\nwindow = "x"\n', "config: [detection] window must be a whole number, got 'x'"),
+        ('[[rules]]\nhigh = "abc"\n', "config: [rules #1] high must be a number, got 'abc'"),
+        (
+            '[log]\nformat = "xml"\n',
+            "config: [log] format must be one of 'text' or 'json', got 'xml'",
+        ),
+        (
+            "[[mqtt.subscriptions]]\nqos = 1\n[[mqtt.subscriptions]]\nqos = 5\n",
+            "config: [mqtt.subscriptions #2] qos must be one of 0, 1 or 2, got 5",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "plant/+/+"\n',
+            "config: [mqtt.subscriptions #1] template 'plant/{line}/{equipment}/{sensor}' "
+            "has 4 levels but filter 'plant/+/+' has 3",
+        ),
+        ("[mqtt\nport=1\n", "is not valid TOML"),
+    ],
+)
+def test_errors_are_one_actionable_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(_write(tmp_path, text))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_secret_files_are_read_and_masked(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("hunter2\n")
+    p = _write(tmp_path, f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "pw"}"\n')
+    s = load_settings(p)
+    assert s.mqtt.password is not None
+    assert s.mqtt.password.get_secret_value() == "hunter2"
+    dumped = dump_settings(s)
+    assert dumped["mqtt"]["password"] == "**********"
+    assert "hunter2" not in repr(dumped) and "hunter2" not in repr(s)
+
+
+def test_unreadable_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    p = _write(tmp_path, f'[influx]\ntoken_file = "{tmp_path / "missing"}"\n')
+    with pytest.raises(ConfigError, match=r"\[influx\] token_file .* cannot be read"):
+        load_settings(p)
