@@ -56,7 +56,10 @@ def test_edge_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     [
         ("[mqtt]\nport = 0\n", "config: [mqtt] port must be 1-65535, got 0"),
         ("[mqtt]\nprot = 5\n", "config: [mqtt] unknown key 'prot'"),
-        ('[detection]\nwindow = "x"\n', "config: [detection] window must be a whole number, got 'x'"),
+        (
+            '[detection]\nwindow = "x"\n',
+            "config: [detection] window must be a whole number, got 'x'",
+        ),
         ('[[rules]]\nhigh = "abc"\n', "config: [rules #1] high must be a number, got 'abc'"),
         (
             '[log]\nformat = "xml"\n',
