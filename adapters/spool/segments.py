@@ -1,0 +1,272 @@
+"""Disk spool: append-only segment files of line-protocol batches.
+
+Every batch bound for InfluxDB is appended here and made durable (`sync`,
+one fsync per group of batches) before its MQTT messages are acknowledged.
+A sender reads records back in order and `release`s each once the sink
+confirmed it. The spool is bounded by `max_bytes`: past it the oldest
+records are dropped and their readings counted in `dropped_readings`.
+
+Record layout: ``b"EGR1" | u32 length | u32 crc32(body) | u64 readings | body``.
+A segment whose records do not check out at start-up (torn write, bit rot,
+truncation) keeps its valid prefix (re-appended to a fresh segment) and is
+renamed ``*.corrupt``; the rest of the spool is untouched.
+
+Not thread-safe: the pipeline runs every call on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("edge.spool")
+
+MAGIC = b"EGR1"
+HEADER = struct.Struct("<4sIIQ")
+MAX_RECORD = 256 << 20
+CURSOR_FILE = "cursor"
+
+
+@dataclass(slots=True)
+class Record:
+    seg: int
+    offset: int
+    length: int  # body bytes
+    readings: int
+    gone: bool = False  # released or dropped
+
+    @property
+    def size(self) -> int:
+        return HEADER.size + self.length
+
+
+@dataclass(slots=True)
+class Recovery:
+    records: int = 0
+    readings: int = 0
+    quarantined: int = 0
+    skipped_sent: int = 0
+
+
+class Spool:
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int = 16 << 20
+    ) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.pending: list[Record] = []  # in order; pending[0] is the oldest
+        self._head = 0  # index of the first pending record in `pending`
+        self.pending_bytes = 0
+        self.pending_readings = 0
+        self.dropped_readings = 0
+        self.quarantined = 0
+        self._seg = 0
+        self._fh: io.BufferedWriter | None = None
+        self._size = 0
+        self._live: dict[int, int] = {}  # segment -> pending records in it
+        self._released_since_cursor = 0
+
+    # ------------------------------------------------------------ open/close
+    def _path(self, seg: int) -> Path:
+        return self.dir / f"seg-{seg:012d}.log"
+
+    def open(self) -> Recovery:
+        """Index what an earlier run left; salvage damaged segments."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rec = Recovery()
+        cursor = self._read_cursor()
+        segs = sorted(
+            int(p.name[4:-4]) for p in self.dir.glob("seg-*.log") if p.name[4:-4].isdigit()
+        )
+        salvage: list[tuple[bytes, int]] = []
+        for seg in segs:
+            records, damaged = self._scan(seg)
+            if damaged is not None:
+                self._quarantine(seg, damaged, len(records))
+                rec.quarantined += 1
+                corrupt = self._path(seg).with_suffix(".corrupt")
+                for r in records:
+                    if (r.seg, r.offset) >= cursor:
+                        salvage.append((self._read_body(r, corrupt), r.readings))
+                continue
+            keep = [r for r in records if (r.seg, r.offset) >= cursor]
+            rec.skipped_sent += len(records) - len(keep)
+            if not keep:
+                self._path(seg).unlink(missing_ok=True)
+                continue
+            for r in keep:
+                self._track(r)
+        self._seg = (segs[-1] + 1) if segs else 1
+        self._start_segment()
+        for body, readings in salvage:
+            self.append(body, readings)
+        if salvage:
+            self.sync()
+        rec.records = len(self.pending) - self._head
+        rec.readings = self.pending_readings
+        return rec
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self.sync()
+            self._fh.close()
+            self._fh = None
+        self._write_cursor()
+
+    # ----------------------------------------------------------------- write
+    def append(self, body: bytes, readings: int) -> None:
+        """Buffer one record; durable after the next `sync()`."""
+        if len(body) > MAX_RECORD:
+            raise ValueError(f"spool record of {len(body)} bytes is too large")
+        if self._fh is None or self._size >= self.segment_bytes:
+            self._rotate()
+        assert self._fh is not None
+        header = HEADER.pack(MAGIC, len(body), zlib.crc32(body), readings)
+        offset = self._size
+        self._fh.write(header)
+        self._fh.write(body)
+        self._size += HEADER.size + len(body)
+        self._track(Record(self._seg, offset, len(body), readings))
+        self._enforce_bound()
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (flush + fsync)."""
+        fh = self._fh
+        if fh is None:
+            return
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------------ read
+    def peek(self, n: int = 1) -> list[Record]:
+        return self.pending[self._head : self._head + n]
+
+    def read(self, r: Record) -> bytes | None:
+        """The record's body, or None if the bound dropped it meanwhile."""
+        if r.gone:
+            return None
+        if r.seg == self._seg and self._fh is not None:
+            self._fh.flush()
+        return self._read_body(r, self._path(r.seg))
+
+    def release(self, r: Record) -> None:
+        """The sink has this record: forget it (and its segment once empty)."""
+        if self._head < len(self.pending) and self.pending[self._head] is r:
+            self._head += 1
+            self._untrack(r)
+            self._compact()
+            self._write_cursor_if_due(r)
+
+    # --------------------------------------------------------------- private
+    def _track(self, r: Record) -> None:
+        self.pending.append(r)
+        self.pending_bytes += r.size
+        self.pending_readings += r.readings
+        self._live[r.seg] = self._live.get(r.seg, 0) + 1
+
+    def _untrack(self, r: Record) -> None:
+        r.gone = True
+        self.pending_bytes -= r.size
+        self.pending_readings -= r.readings
+        left = self._live[r.seg] - 1
+        if left:
+            self._live[r.seg] = left
+        else:
+            del self._live[r.seg]
+            if r.seg != self._seg:
+                self._path(r.seg).unlink(missing_ok=True)
+
+    def _compact(self) -> None:
+        if self._head > 1024 and self._head * 2 > len(self.pending):
+            del self.pending[: self._head]
+            self._head = 0
+
+    def _enforce_bound(self) -> None:
+        while self.pending_bytes > self.max_bytes and len(self.pending) - self._head > 1:
+            r = self.pending[self._head]
+            self._head += 1
+            self.dropped_readings += r.readings
+            self._untrack(r)
+        self._compact()
+
+    def _start_segment(self) -> None:
+        self._fh = open(self._path(self._seg), "ab")  # noqa: SIM115
+        self._size = self._fh.tell()
+
+    def _rotate(self) -> None:
+        if self._fh is not None:
+            self.sync()
+            self._fh.close()
+            if self._seg not in self._live:
+                self._path(self._seg).unlink(missing_ok=True)
+            self._seg += 1
+        self._start_segment()
+
+    def _read_body(self, r: Record, path: Path) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(r.offset + HEADER.size)
+            return f.read(r.length)
+
+    def _scan(self, seg: int) -> tuple[list[Record], int | None]:
+        """Valid records of a segment, and the offset of damage (None if clean)."""
+        path = self._path(seg)
+        out: list[Record] = []
+        offset = 0
+        with open(path, "rb") as f:
+            data = f.read()
+        end = len(data)
+        while offset < end:
+            if end - offset < HEADER.size:
+                return out, offset
+            magic, length, crc, readings = HEADER.unpack_from(data, offset)
+            body_start = offset + HEADER.size
+            if magic != MAGIC or length > MAX_RECORD or body_start + length > end:
+                return out, offset
+            if zlib.crc32(data[body_start : body_start + length]) != crc:
+                return out, offset
+            out.append(Record(seg, offset, length, readings))
+            offset = body_start + length
+        return out, None
+
+    def _quarantine(self, seg: int, at: int, good: int) -> None:
+        path = self._path(seg)
+        target = path.with_suffix(".corrupt")
+        path.replace(target)
+        self.quarantined += 1
+        log.error(
+            "spool: segment %s damaged at byte %d; %d good records before it kept, "
+            "file moved to %s",
+            path.name,
+            at,
+            good,
+            target.name,
+        )
+
+    def _read_cursor(self) -> tuple[int, int]:
+        try:
+            seg, off = (self.dir / CURSOR_FILE).read_text().split()
+            return int(seg), int(off)
+        except (OSError, ValueError):
+            return (0, 0)
+
+    def _write_cursor_if_due(self, r: Record) -> None:
+        self._released_since_cursor += 1
+        if self._released_since_cursor >= 16:
+            self._write_cursor()
+
+    def _write_cursor(self) -> None:
+        """Best effort (no fsync): a stale cursor only means a few resends."""
+        self._released_since_cursor = 0
+        head = self.peek(1)
+        pos = (head[0].seg, head[0].offset) if head else (self._seg, self._size)
+        tmp = self.dir / (CURSOR_FILE + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(f"{pos[0]} {pos[1]}\n")
+            tmp.replace(self.dir / CURSOR_FILE)
