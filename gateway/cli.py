@@ -40,7 +40,7 @@ def _load(path: str | None) -> Settings:
 
 
 async def _run(settings: Settings) -> int:
-    from gateway.pipeline import Gateway
+    from gateway.pipeline import Gateway, SpoolUnavailable
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -49,6 +49,9 @@ async def _run(settings: Settings) -> int:
     gw = Gateway(settings)
     try:
         await gw.run(stop)
+    except SpoolUnavailable as e:
+        print(str(e), file=sys.stderr)
+        return 1
     except OSError as e:
         # typically: the HTTP port is taken
         print(

@@ -51,9 +51,6 @@ class Metrics:
         self.readings_written = Counter(
             "edge_readings_written_total", "Readings confirmed written to the sink", registry=r
         )
-        self.alerts_written = Counter(
-            "edge_alert_points_written_total", "Alert points confirmed written", registry=r
-        )
         self.write_errors = Counter(
             "edge_influx_write_errors_total",
             "Failed sink writes, by whether a retry makes sense",
@@ -76,6 +73,14 @@ class Metrics:
             ["kind", "severity", "state"],
             registry=r,
         )
+        self.events = Counter(
+            "edge_events_total",
+            "Production events accepted, by result (stored, duplicate, update)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("stored", "duplicate", "update"):
+            self.events.labels(result)
         self.acks_unknown = Counter(
             "edge_alert_acks_rejected_total", "Acknowledgements for unknown alerts", registry=r
         )
@@ -94,6 +99,21 @@ class Metrics:
             registry=r,
         )
         self.spool_bytes = Gauge("edge_spool_bytes", "Bytes waiting in the disk spool", registry=r)
+        self.spool_dropped = Counter(
+            "edge_spool_dropped_readings_total",
+            "Readings dropped because the spool reached max_bytes",
+            registry=r,
+        )
+        self.spool_quarantined = Counter(
+            "edge_spool_quarantined_segments_total",
+            "Damaged spool segments moved aside at start-up",
+            registry=r,
+        )
+        self.sink_rejected_lines = Counter(
+            "edge_influx_rejected_lines_total",
+            "Lines the sink refused for good (kept in <spool dir>/rejected.lp)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "edge_queue_depth", "Items waiting in a pipeline queue", ["queue"], registry=r
         )

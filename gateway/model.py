@@ -123,3 +123,9 @@ class RawMessage:
     received_ns: int  # time.time_ns(), used when a payload has no ts
     source: str = "mqtt"
     subscription: int = 0  # index into the source's subscription list
+    # For acknowledging a QoS 1/2 message once its readings are durable: the
+    # packet id, its QoS, and the connection it arrived on (acks never cross
+    # connections: a packet id means nothing on the next one).
+    mid: int = 0
+    qos: int = 0
+    conn: object = None

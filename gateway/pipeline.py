@@ -20,11 +20,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
 from adapters.base import Sink, SinkError
 from adapters.mqtt import MqttLink, NotConnected
+from adapters.spool import Spool
 from gateway.alerts import Alert, AlertManager, iso_ms
 from gateway.backoff import Backoff
 from gateway.config import Settings
@@ -37,12 +41,13 @@ from gateway.ratelimit import TokenBucket
 from gateway.state import StateStore
 
 log = logging.getLogger("edge.pipeline")
+T = TypeVar("T")
 
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
 
 # Queue items; None in a queue means "stop after what came before".
-WriteItem = tuple[list[tuple[Reading, Score]], list[str]]
+WriteItem = tuple[list[tuple[Reading, Score]], list[str], list[RawMessage]]  # + to ack
 PublishItem = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
@@ -84,7 +89,12 @@ class Gateway:
         self._accepting = True
         self._parked: asyncio.Future[None] | None = None
         self._sink_ok = True
-        self._tasks: list[asyncio.Task[None]] = []
+        self.spool: Spool | None = None
+        self.spool_dir: Path | None = None
+        self._spool_thread = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._spooled = asyncio.Event()  # set when the spool has new records
+        self._stopping = False
+        self._dropped_seen = 0
         self._dl_bucket = TokenBucket(
             s.mqtt.deadletter_per_s, max(1, int(s.mqtt.deadletter_per_s)), time.monotonic()
         )
@@ -146,8 +156,7 @@ class Gateway:
                 await self._writes.put(None)
                 return
             out, alert_lines = self.process(item)
-            if out or alert_lines:
-                await self._writes.put((out, alert_lines))
+            await self._writes.put((out, alert_lines, item))
 
     def process(self, batch: list[RawMessage]) -> tuple[list[tuple[Reading, Score]], list[str]]:
         """Normalize, score and alert one batch; synchronous, no I/O."""
@@ -241,47 +250,89 @@ class Gateway:
         return lines
 
     # ----------------------------------------------------------------- write
-    async def _write_loop(self) -> None:
-        cfg = self.settings.influx
-        interval = cfg.flush_interval_ms / 1000
-        readings: list[tuple[Reading, Score]] = []
-        alert_lines: list[str] = []
-        first_at = 0.0
+    async def _spool_loop(self) -> None:
+        """Group-commit: append what is queued to the spool, fsync once, then ack."""
+        spool = self.spool
         stopping = False
         while not stopping:
-            timeout = (
-                None
-                if not (readings or alert_lines)
-                else max(0.0, first_at + interval - time.monotonic())
-            )
-            timed_out = False
-            try:
-                item = await asyncio.wait_for(self._writes.get(), timeout)
-            except TimeoutError:
-                item, timed_out = None, True
-            if item is None and not timed_out:
+            item = await self._writes.get()
+            group: list[WriteItem] = []
+            while item is not None:
+                group.append(item)
+                if sum(len(g[0]) for g in group) >= self.settings.influx.batch_size:
+                    break
+                try:
+                    item = self._writes.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            else:
                 stopping = True
-            elif item is not None:
-                r, a = item
-                if not (readings or alert_lines):
-                    first_at = time.monotonic()
-                readings.extend(r)
-                alert_lines.extend(a)
-            due = time.monotonic() - first_at >= interval
-            if (readings or alert_lines) and (
-                stopping or timed_out or due or len(readings) >= cfg.batch_size
-            ):
-                await self._flush(readings, alert_lines)
-                readings, alert_lines = [], []
+            if not group:
+                continue
+            readings = [r for g in group for r in g[0]]
+            alert_lines = [line for g in group for line in g[1]]
+            messages = [m for g in group for m in g[2]]
+            if spool is None:  # no sink: nothing to make durable
+                self.metrics.readings_written.inc(len(readings))
+                self.mqtt.ack(messages)
+                continue
+            body = self.lines.build(readings)
+            if alert_lines:
+                extra = "\n".join(alert_lines).encode()
+                body = body + b"\n" + extra if body else extra
+            await self._in_spool_thread(self._append_durably, body, len(readings))
+            self.mqtt.ack(messages)
+            self._spooled.set()
 
-    async def _flush(self, readings: list[tuple[Reading, Score]], alert_lines: list[str]) -> None:
-        if self.sink is None:
-            self.metrics.readings_written.inc(len(readings))
-            return
-        body = self.lines.build(readings)
-        if alert_lines:
-            extra = "\n".join(alert_lines).encode()
-            body = body + b"\n" + extra if body else extra
+    def _append_durably(self, body: bytes, readings: int) -> None:
+        assert self.spool is not None
+        self.spool.append(body, readings)
+        self.spool.sync()
+
+    async def _in_spool_thread(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._spool_thread, fn, *args)
+
+    async def _send_loop(self) -> None:
+        """Send spooled records to the sink in order; release each once confirmed."""
+        assert self.spool is not None and self.sink is not None
+        cfg = self.settings.influx
+        interval = cfg.flush_interval_ms / 1000
+        spool = self.spool
+        while True:
+            self._update_spool_metrics()
+            records = await self._in_spool_thread(spool.peek, 64)
+            if not records:
+                if self._stopping:
+                    return
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            if spool.pending_readings < cfg.batch_size and not self._stopping:
+                # let a batch fill up, but not longer than flush_interval_ms
+                with contextlib.suppress(TimeoutError):
+                    self._spooled.clear()
+                    await asyncio.wait_for(self._spooled.wait(), interval)
+                records = await self._in_spool_thread(spool.peek, 64)
+            batch, n = [], 0
+            for r in records:
+                batch.append(r)
+                n += r.readings
+                if n >= cfg.batch_size:
+                    break
+            bodies = [await self._in_spool_thread(spool.read, r) for r in batch]
+            body = b"\n".join(b for b in bodies if b)
+            if body:
+                await self._send(body)
+            for r in batch:
+                await self._in_spool_thread(spool.release, r)
+            self.metrics.readings_written.inc(
+                sum(r.readings for r, b in zip(batch, bodies, strict=True) if b)
+            )
+
+    async def _send(self, body: bytes) -> None:
+        """Write one body, retrying what can be retried; split what cannot."""
+        assert self.sink is not None
         cfg = self.settings.influx
         backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         while True:
@@ -291,15 +342,10 @@ class Gateway:
             except SinkError as e:
                 self.metrics.write_errors.labels("true" if e.retryable else "false").inc()
                 if not e.retryable:
-                    log.error(
-                        "sink: %s rejected a batch of %d readings for good: %s",
-                        self.sink.name,
-                        len(readings),
-                        e,
-                    )
+                    await self._rejected_by_sink(body, e)
                     return
                 if self._sink_ok:
-                    log.warning("sink: %s failing: %s (retrying with backoff)", self.sink.name, e)
+                    log.warning("sink: %s failing: %s (spooling, retrying)", self.sink.name, e)
                     self._sink_ok = False
                     self.metrics.sink_ok.set(0)
                 delay = backoff.next()
@@ -310,11 +356,37 @@ class Gateway:
             self.metrics.influx_write.observe(time.monotonic() - t0)
             if not self._sink_ok:
                 log.info("sink: %s writable again", self.sink.name)
-            self._sink_ok = True
-            self.metrics.sink_ok.set(1)
-            self.metrics.readings_written.inc(len(readings))
-            self.metrics.alerts_written.inc(len(alert_lines))
+                self._sink_ok = True
+                self.metrics.sink_ok.set(1)
             return
+
+    async def _rejected_by_sink(self, body: bytes, err: SinkError) -> None:
+        """A permanent rejection: bisect to find the offending lines, file them."""
+        lines = body.split(b"\n")
+        if len(lines) == 1:
+            assert self.spool_dir is not None
+            await asyncio.to_thread(_append_rejected, self.spool_dir, body, str(err))
+            self.metrics.sink_rejected_lines.inc()
+            log.error("sink: rejected a line for good (%s); kept in rejected.lp", err)
+            return
+        half = len(lines) // 2
+        await self._send(b"\n".join(lines[:half]))
+        await self._send(b"\n".join(lines[half:]))
+
+    def _update_spool_metrics(self) -> None:
+        spool = self.spool
+        if spool is None:
+            return
+        self.metrics.spool_bytes.set(spool.pending_bytes)
+        dropped = spool.dropped_readings - self._dropped_seen
+        if dropped:
+            self._dropped_seen = spool.dropped_readings
+            self.metrics.spool_dropped.inc(dropped)
+            log.error(
+                "spool: over max_bytes (%d): dropped the oldest %d readings",
+                self.settings.spool.max_bytes,
+                dropped,
+            )
 
     # --------------------------------------------------------------- publish
     async def _publish_loop(self) -> None:
@@ -347,7 +419,7 @@ class Gateway:
         lines = self._emit(transitions)
         if lines:
             with contextlib.suppress(asyncio.QueueFull):
-                self._writes.put_nowait(([], lines))
+                self._writes.put_nowait(([], lines, []))
         m = self.metrics
         m.series_active.set(self.detectors.series_count)
         m.alerts_active.set(self.alerts.active_count)
@@ -397,18 +469,50 @@ class Gateway:
             await self.save_state()
 
     # ------------------------------------------------------------- lifecycle
+    async def open_spool(self) -> None:
+        """Open (and recover) the disk spool; raises SpoolUnavailable."""
+        if self.sink is None:
+            return
+        from adapters.spool import Spool
+
+        self.spool_dir = Path(self.settings.spool.dir)
+        spool = Spool(self.spool_dir / "spool", self.settings.spool.max_bytes)
+        try:
+            rec = await self._in_spool_thread(spool.open)
+        except OSError as e:
+            raise SpoolUnavailable(
+                f"spool: cannot use {self.spool_dir} ({e.strerror}); set [spool] dir "
+                "to a writable directory"
+            ) from None
+        self.spool = spool
+        if rec.quarantined:
+            self.metrics.spool_quarantined.inc(rec.quarantined)
+        if rec.records:
+            log.info(
+                "spool: %d readings in %d batches left by the last run; replaying",
+                rec.readings,
+                rec.records,
+            )
+        self._update_spool_metrics()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain and return."""
         from gateway.http import start_http
 
+        await self.open_spool()
         self.restore_state()
         runner = None
         if self.settings.http.enabled:
             runner = await start_http(self, self.settings.http.host, self.settings.http.port)
         self.metrics.mqtt_connected.set(0)
         self.metrics.sink_ok.set(1)
-        process = asyncio.create_task(self._process_loop(), name="process")
-        writer = asyncio.create_task(self._write_loop(), name="write")
+        stages = [
+            asyncio.create_task(self._process_loop(), name="process"),
+            asyncio.create_task(self._spool_loop(), name="spool"),
+        ]
+        sender = None
+        if self.spool is not None:
+            sender = asyncio.create_task(self._send_loop(), name="send")
         publisher = asyncio.create_task(self._publish_loop(), name="publish")
         others = [
             asyncio.create_task(self.mqtt.run(self.deliver, self._on_command), name="mqtt"),
@@ -417,18 +521,21 @@ class Gateway:
         ]
         self.started.set()
         log.info("gateway: started (client_id %s)", self.settings.mqtt.client_id)
-        watched = {process, writer, publisher, *others}
+        watched = {*stages, publisher, *others} | ({sender} if sender else set())
         stop_wait = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stop_wait, *watched}, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
             if t is not stop_wait and not t.cancelled() and t.exception() is not None:
                 log.error("gateway: task %s failed: %r", t.get_name(), t.exception())
         stop_wait.cancel()
-        await self._drain(process, writer, publisher)
+        await self._drain(stages, sender, publisher)
         for t in others:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await self.save_state()
+        if self.spool is not None:
+            await self._in_spool_thread(self.spool.close)
+        self._spool_thread.shutdown(wait=True)
         if runner is not None:
             await runner.cleanup()
         if self.sink is not None:
@@ -436,29 +543,51 @@ class Gateway:
         log.info("gateway: stopped")
 
     async def _drain(
-        self, process: asyncio.Task[None], writer: asyncio.Task[None], publisher: asyncio.Task[None]
+        self,
+        stages: list[asyncio.Task[None]],
+        sender: asyncio.Task[None] | None,
+        publisher: asyncio.Task[None],
     ) -> None:
-        """Stop intake, push what is in flight to the sink and the broker."""
+        """Stop intake; make in-flight readings durable; send what time allows."""
         deadline = self.settings.pipeline.shutdown_timeout_s
         self._accepting = False
+        process, spooler = stages
         try:
             async with asyncio.timeout(deadline):
                 if not process.done():
                     await self._ingest.put(None)
                     await process
-                if not writer.done():
-                    await writer
+                if not spooler.done():
+                    await spooler  # everything received is now in the spool, and acked
                 self.tick()
                 if self.mqtt.connected and not publisher.done():
                     self._publish.put_nowait(None)
                     await publisher
+                if sender is not None and not sender.done():
+                    self._stopping = True
+                    self._spooled.set()
+                    await sender
                 await self.mqtt.goodbye()
         except TimeoutError:
-            log.error(
-                "gateway: shutdown deadline %.0f s passed with %d batches unwritten",
+            left = self.spool.pending_readings if self.spool is not None else 0
+            log.warning(
+                "gateway: shutdown deadline %.0f s reached; %d readings stay in the spool "
+                "for the next start",
                 deadline,
-                self._writes.qsize(),
+                left,
             )
-        for t in (process, writer, publisher):
+        tasks = [*stages, publisher] + ([sender] if sender else [])
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(process, writer, publisher, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class SpoolUnavailable(Exception):
+    """The spool directory cannot be used; the message says what to change."""
+
+
+def _append_rejected(spool_dir: Path, line: bytes, why: str) -> None:
+    """Lines the sink will never accept, kept for a person to look at."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(spool_dir / "rejected.lp", "ab") as f:
+        f.write(f"# {stamp} {why}\n".encode() + line + b"\n")

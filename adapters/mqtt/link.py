@@ -81,7 +81,7 @@ class MqttLink:
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg
         password = cfg.password.get_secret_value() if cfg.password else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             identifier=cfg.client_id,
@@ -94,6 +94,27 @@ class MqttLink:
             tls_insecure=cfg.tls_insecure if cfg.tls else None,
             timeout=10,
         )
+        # At-least-once: paho must not PUBACK a QoS 1 message on receipt (its
+        # default); the pipeline acks once the message's readings are durable.
+        client._client.manual_ack_set(True)
+        return client
+
+    def ack(self, messages: list[RawMessage]) -> int:
+        """PUBACK messages that arrived on the current connection; returns how many.
+
+        Messages from an earlier connection are skipped: the broker redelivers
+        them on the new one (persistent session) and they are de-duplicated.
+        """
+        client = self._client
+        if client is None:
+            return 0
+        paho = client._client
+        n = 0
+        for m in messages:
+            if m.qos and m.conn is client:
+                paho.ack(m.mid, m.qos)
+                n += 1
+        return n
 
     async def run(
         self, deliver: Deliver, on_command: Callable[[str, bytes], None] | None = None
@@ -148,19 +169,24 @@ class MqttLink:
         queue = client._queue  # drained in batches; aiomqtt has no batch API
         commands = set(self.command_topics)
         sub_of = self._subscription_of
+        paho = client._client
         async for first in client.messages:
             batch: list[RawMessage] = []
             m: aiomqtt.Message | None = first
+            mono = time.monotonic()
+            wall = time.time_ns()
             while m is not None:
                 topic = m.topic.value
                 payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
                 if topic in commands:
                     if on_command is not None:
                         on_command(topic, payload)
+                    if m.qos:
+                        paho.ack(m.mid, m.qos)
                 else:
                     batch.append(
                         RawMessage(
-                            topic, payload, time.monotonic(), time.time_ns(), "mqtt", sub_of(topic)
+                            topic, payload, mono, wall, "mqtt", sub_of(topic), m.mid, m.qos, client
                         )
                     )
                 if len(batch) >= MAX_BATCH:
