@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,9 +34,10 @@ from gateway.alerts import Alert, AlertManager, iso_ms
 from gateway.backoff import Backoff
 from gateway.config import Settings
 from gateway.detect import Detectors, OfflineTracker, RuleSet
+from gateway.events import EventPath
 from gateway.lineproto import ReadingLines, alert_line
 from gateway.metrics import Metrics
-from gateway.model import REJECT_REASONS, RawMessage, Reading, Reject, Score
+from gateway.model import DEFECT_RATE, REJECT_REASONS, RawMessage, Reading, Reject, Score
 from gateway.normalize import Normalizer
 from gateway.ratelimit import TokenBucket
 from gateway.state import StateStore
@@ -45,6 +47,7 @@ T = TypeVar("T")
 
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
+RECENT_ALERTS = 1000  # alert transitions kept for GET /api/alerts?state=all
 
 # Queue items; None in a queue means "stop after what came before".
 WriteItem = tuple[list[tuple[Reading, Score]], list[str], list[RawMessage]]  # + to ack
@@ -70,6 +73,7 @@ class Gateway:
         self.detectors = Detectors(s.detection, self.rules)
         self.offline = OfflineTracker(s.alerts.offline_after_s)
         self.alerts = AlertManager(s.alerts)
+        self.events = EventPath(s.mqtt.subscriptions, s.validation, s.events)
         if sink is None and s.influx.enabled:
             from adapters.influx import InfluxSink
 
@@ -99,6 +103,10 @@ class Gateway:
             s.mqtt.deadletter_per_s, max(1, int(s.mqtt.deadletter_per_s)), time.monotonic()
         )
         self.started = asyncio.Event()
+        # For the status API (gateway/http.py): the newest reading and score per
+        # series (updated once per batch), and the last alert transitions.
+        self.latest: dict[tuple[str, str], tuple[Reading, Score]] = {}
+        self.recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
         m = self.metrics
         self._m_received = m.readings_received.labels("mqtt")
         self._m_messages = m.messages_received.labels("mqtt")
@@ -170,7 +178,15 @@ class Gateway:
         out: list[tuple[Reading, Score]] = []
         transitions: list[Alert] = []
         oldest = batch[0].received if batch else mono
+        claim = self.events.claim  # format = "event" topics take the events path
+        event_lines: list[str] = []
         for msg in batch:
+            levels = claim(msg)
+            if levels is not None:
+                rejects = self.events.ingest(msg, levels, event_lines)
+                if rejects:
+                    self._rejected(rejects, mono)
+                continue
             readings, rejects = normalize(msg)
             if rejects:
                 self._rejected(rejects, mono)
@@ -185,8 +201,37 @@ class Gateway:
                 out.append((r, sc))
         if out:
             self._m_received.inc(len(out))
+            self.latest.update({(p[0].equipment, p[0].sensor): p for p in out})
             self.metrics.pipeline_latency.observe(time.monotonic() - oldest)
-        return out, self._emit(transitions)
+        if self.events.parser.enabled:
+            transitions.extend(self._events_done(now))
+        return out, self._emit(transitions) + event_lines
+
+    def _events_done(self, now: float) -> list[Alert]:
+        """Count a batch's events; re-check the defect rate of the machines it touched."""
+        counts, touched = self.events.drain()
+        for result, n in counts.items():
+            if n:
+                self.metrics.events.labels(result).inc(n)
+        out: list[Alert] = []
+        now_ns = int(now * 1e9)
+        threshold = self.settings.events.warning_rate_per_h
+        for machine, (line, newest) in touched.items():
+            if newest:
+                self.alerts.seen(machine, newest)
+            rate = self.events.rate(machine, now_ns)
+            out.extend(self.alerts.defect_rate(machine, line, rate, threshold, now))
+        return out
+
+    def _defect_rate_tick(self, now: float) -> list[Alert]:
+        """Clear defect_rate alerts of machines whose defects aged out of the window."""
+        out: list[Alert] = []
+        threshold = self.settings.events.warning_rate_per_h
+        for a in self.alerts.active():
+            if a.kind == DEFECT_RATE:
+                rate = self.events.rate(a.equipment, int(now * 1e9))
+                out.extend(self.alerts.defect_rate(a.equipment, a.line, rate, threshold, now))
+        return out
 
     def _rejected(self, rejects: Iterable[Reject], mono: float) -> None:
         for rj in rejects:
@@ -216,6 +261,7 @@ class Gateway:
     def _emit(self, transitions: list[Alert]) -> list[str]:
         """Publish alert transitions and status changes; return their alert lines."""
         lines: list[str] = []
+        self.recent_alerts.extend(transitions)
         prefix = self.settings.alerts.topic_prefix
         for a in transitions:
             self.metrics.alerts.labels(a.kind, a.severity, a.state).inc()
@@ -301,8 +347,7 @@ class Gateway:
         spool = self.spool
         while True:
             self._update_spool_metrics()
-            records = await self._in_spool_thread(spool.peek, 64)
-            if not records:
+            if not spool.pending_readings and not spool.peek(1):
                 if self._stopping:
                     return
                 self._spooled.clear()
@@ -310,25 +355,16 @@ class Gateway:
                 continue
             if spool.pending_readings < cfg.batch_size and not self._stopping:
                 # let a batch fill up, but not longer than flush_interval_ms
+                self._spooled.clear()
                 with contextlib.suppress(TimeoutError):
-                    self._spooled.clear()
                     await asyncio.wait_for(self._spooled.wait(), interval)
-                records = await self._in_spool_thread(spool.peek, 64)
-            batch, n = [], 0
-            for r in records:
-                batch.append(r)
-                n += r.readings
-                if n >= cfg.batch_size:
-                    break
-            bodies = [await self._in_spool_thread(spool.read, r) for r in batch]
-            body = b"\n".join(b for b in bodies if b)
-            if body:
-                await self._send(body)
-            for r in batch:
-                await self._in_spool_thread(spool.release, r)
-            self.metrics.readings_written.inc(
-                sum(r.readings for r, b in zip(batch, bodies, strict=True) if b)
-            )
+            taken = await self._in_spool_thread(spool.take, cfg.batch_size)
+            if not taken:
+                continue
+            await self._send(b"\n".join(body for _, body in taken))
+            records = [r for r, _ in taken]
+            await self._in_spool_thread(spool.release_many, records)
+            self.metrics.readings_written.inc(sum(r.readings for r in records))
 
     async def _send(self, body: bytes) -> None:
         """Write one body, retrying what can be retried; split what cannot."""
@@ -416,6 +452,7 @@ class Gateway:
             last = self.alerts.last_seen(equipment) or 0
             transitions.extend(self.alerts.offline(equipment, line, now, last))
         transitions.extend(self.alerts.tick(now))
+        transitions.extend(self._defect_rate_tick(now))
         lines = self._emit(transitions)
         if lines:
             with contextlib.suppress(asyncio.QueueFull):
@@ -432,6 +469,7 @@ class Gateway:
         return {
             "detectors.json": (self.detectors.snapshot, self.detectors.restore),
             "alerts.json": (self.alerts.snapshot, self.alerts.restore),
+            "events.json": (self.events.store.snapshot, self.events.store.restore),
             "equipment.json": (
                 self.offline.snapshot,
                 lambda data: self.offline.restore(data, time.monotonic()),

@@ -156,6 +156,25 @@ class Spool:
             self._fh.flush()
         return self._read_body(r, self._path(r.seg))
 
+    def take(self, max_readings: int, max_bytes: int = 32 << 20) -> list[tuple[Record, bytes]]:
+        """The oldest pending records with their bodies, up to about `max_readings`."""
+        out: list[tuple[Record, bytes]] = []
+        n = size = 0
+        for r in self.peek(10_000):
+            body = self.read(r)
+            if body is None:
+                continue
+            out.append((r, body))
+            n += r.readings
+            size += r.length
+            if n >= max_readings or size >= max_bytes:
+                break
+        return out
+
+    def release_many(self, records: list[Record]) -> None:
+        for r in records:
+            self.release(r)
+
     def release(self, r: Record) -> None:
         """The sink has this record: forget it (and its segment once empty)."""
         if self._head < len(self.pending) and self.pending[self._head] is r:
