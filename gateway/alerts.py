@@ -23,7 +23,14 @@ from typing import Any, Final
 import orjson
 
 from gateway.config import AlertsConfig
-from gateway.model import EQUIPMENT_SENSOR, OFFLINE, SEVERITY_RANK, Reading, Score
+from gateway.model import (
+    DEFECT_RATE,
+    EQUIPMENT_SENSOR,
+    OFFLINE,
+    SEVERITY_RANK,
+    Reading,
+    Score,
+)
 
 __all__ = [
     "ACKNOWLEDGED",
@@ -283,6 +290,51 @@ class AlertManager:
         a.ts = _ns(now)
         a.updated_at = now
         a.message = f"{equipment} back online"
+        self._remove(a)
+        return [a.copy()]
+
+    def defect_rate(
+        self, equipment: str, line: str, rate: float, threshold: float, now: float
+    ) -> list[Alert]:
+        """Raise (rate >= threshold), update, or clear (rate below) the equipment's
+        ``defect_rate`` alert; `rate` and `threshold` are defects per hour."""
+        eqd = self._series.get(equipment)
+        kinds = eqd.get(EQUIPMENT_SENSOR) if eqd is not None else None
+        a = kinds.get(DEFECT_RATE) if kinds is not None else None
+        msg = f"{equipment} defect rate {rate:.2f}/h"
+        if rate >= threshold:
+            if a is not None:
+                a.value = rate
+                a.updated_at = now
+                a.message = f"{msg} >= {_fmt(threshold)}/h"
+                return []
+            a = Alert(
+                id=str(uuid.uuid4()),
+                equipment=equipment,
+                sensor=EQUIPMENT_SENSOR,
+                line=line,
+                kind=DEFECT_RATE,
+                severity="medium",
+                state=RAISED,
+                value=rate,
+                z=None,
+                mean=None,
+                std=None,
+                threshold=threshold,
+                ts=_ns(now),
+                raised_at=now,
+                updated_at=now,
+                message=f"{msg} >= {_fmt(threshold)}/h",
+            )
+            self._add(a)
+            return [a.copy()]
+        if a is None:
+            return []
+        a.state = CLEARED
+        a.value = rate
+        a.ts = _ns(now)
+        a.updated_at = now
+        a.message = f"{msg}, back below {_fmt(threshold)}/h"
         self._remove(a)
         return [a.copy()]
 

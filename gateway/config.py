@@ -127,12 +127,37 @@ class OpcuaServer(_Section):
     deadband_type: Literal["none", "absolute", "percent"] = "none"
     deadband_value: float = Field(default=0.0, ge=0)
     browse_root: str | None = None
+    browse_max_depth: int = Field(default=10, ge=1, le=100)
     line: str = ""
     nodes: list[OpcuaNode] = Field(default_factory=list)
+    # Liveness and reconnect (adapters/opcua/README.md): every request has a timeout;
+    # the watchdog reads ServerStatus/CurrentTime every watchdog_interval_s.
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    watchdog_interval_s: float = Field(default=2.0, gt=0)
+    watchdog_timeout_s: float = Field(default=2.0, gt=0)
+    keepalive_s: float = Field(default=5.0, gt=0)
+    session_timeout_s: float = Field(default=30.0, ge=5)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    max_items_per_request: int = Field(default=500, ge=1)
 
     @model_validator(mode="after")
     def _secrets(self) -> OpcuaServer:
         self.password = _read_secret(self.password, self.password_file, "password")
+        if not self.endpoint.startswith("opc.tcp://"):
+            raise ValueError(f"endpoint must start with opc.tcp://, got {self.endpoint!r}")
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError(
+                "security_policy and security_mode must both be None or both be set, got "
+                f"{self.security_policy!r} / {self.security_mode!r}"
+            )
+        if self.security_policy != "None" and not (self.certificate and self.private_key):
+            raise ValueError(
+                f"security_policy {self.security_policy} needs certificate and private_key"
+            )
+        if not self.nodes and not self.browse_root:
+            raise ValueError(f"server {self.endpoint} needs [[opcua.servers.nodes]] or browse_root")
         return self
 
 
@@ -219,8 +244,18 @@ class InfluxConfig(_Section):
         return self
 
 
+def default_spool_dir() -> str:
+    """/var/lib/edge-gateway where we may write it (root, systemd StateDirectory),
+    else the user's state dir, so an empty config also runs unprivileged."""
+    system = "/var/lib/edge-gateway"
+    if os.access(system, os.W_OK) or os.access("/var/lib", os.W_OK):
+        return system
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "edge-gateway")
+
+
 class SpoolConfig(_Section):
-    dir: str = "/var/lib/edge-gateway"
+    dir: str = Field(default_factory=default_spool_dir)
     max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     snapshot_interval_s: float = Field(default=60.0, gt=0)
 
@@ -249,6 +284,15 @@ class PipelineConfig(_Section):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class EventsConfig(_Section):
+    """Production events (SPEC §4 "Production events")."""
+
+    dedup_window: int = Field(default=100_000, ge=1)  # event ids remembered (and in stats)
+    warning_rate_per_h: float = Field(default=2.0, gt=0)  # defects/h: status warning, alert
+    rate_window_s: float = Field(default=3600.0, gt=0)  # trailing window of the alert
+    default_factory: str = ""  # factory_id when neither payload nor topic names one
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_",
@@ -268,6 +312,7 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
     @classmethod
     def settings_customise_sources(

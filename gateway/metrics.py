@@ -126,6 +126,18 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.opcua_errors = Counter(
+            "edge_opcua_errors_total",
+            "OPC UA connection failures, by kind (connect, certificate, login, watchdog, ...)",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.opcua_monitored_items = Gauge(
+            "edge_opcua_monitored_items",
+            "Monitored items active in the current OPC UA session",
+            ["endpoint"],
+            registry=r,
+        )
         self.sink_ok = Gauge(
             "edge_influx_up", "1 while the last write to the sink succeeded", registry=r
         )
