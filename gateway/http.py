@@ -34,8 +34,9 @@ def build_app(gw: Gateway) -> web.Application:
         return web.json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = {"mqtt": gw.mqtt.connected, "sink": gw.sink_ok}
-        ok = all(checks.values())
+        # ready: broker connected, and the sink writable or the spool taking batches
+        checks = {"mqtt": gw.mqtt.connected, "sink": gw.sink_ok, "spool": gw.spool_ok}
+        ok = checks["mqtt"] and (checks["sink"] or checks["spool"])
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
     app.router.add_get("/metrics", metrics)

@@ -29,6 +29,7 @@ import orjson
 
 from adapters.base import Sink, SinkError
 from adapters.mqtt import MqttLink, NotConnected
+from adapters.opcua import subscription as opcua_subscription
 from adapters.spool import Spool
 from gateway.alerts import Alert, AlertManager, iso_ms
 from gateway.backoff import Backoff
@@ -70,6 +71,13 @@ class Gateway:
         self.normalizer = Normalizer(
             s.mqtt.subscriptions, s.validation, bounds=self._bounds, source="mqtt"
         )
+        # OPC UA data changes arrive as opcua/{line}/{equipment}/{sensor} JSON messages
+        # (adapters/opcua); max_series and de-duplication are shared with MQTT.
+        self.opcua_normalizer = Normalizer(
+            [opcua_subscription()], s.validation, bounds=self._bounds, source="opcua"
+        )
+        self.opcua_normalizer.series = self.normalizer.series
+        self.opcua_normalizer.recent = self.normalizer.recent
         self.detectors = Detectors(s.detection, self.rules)
         self.offline = OfflineTracker(s.alerts.offline_after_s)
         self.alerts = AlertManager(s.alerts)
@@ -126,9 +134,14 @@ class Gateway:
         return self.sink is None or self._sink_ok
 
     @property
+    def spool_ok(self) -> bool:
+        """The disk spool is open and taking batches."""
+        return self.spool is not None
+
+    @property
     def ready(self) -> bool:
-        """Broker connected and the sink writable."""
-        return self.mqtt.connected and self.sink_ok
+        """Broker connected, and the sink writable or the spool taking batches."""
+        return self.mqtt.connected and (self.sink_ok or self.spool_ok)
 
     # ---------------------------------------------------------------- intake
     async def deliver(self, batch: list[RawMessage]) -> None:
@@ -137,7 +150,10 @@ class Gateway:
             if self._parked is None:
                 self._parked = asyncio.get_running_loop().create_future()
             await self._parked
-        self._m_messages.inc(len(batch))
+        if batch and batch[0].source != "mqtt":
+            self.metrics.messages_received.labels(batch[0].source).inc(len(batch))
+        else:
+            self._m_messages.inc(len(batch))
         await self._ingest.put(batch)
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -171,6 +187,8 @@ class Gateway:
         now = time.time()
         mono = time.monotonic()
         normalize = self.normalizer.normalize
+        normalize_opcua = self.opcua_normalizer.normalize
+        n_opcua = 0
         score = self.detectors.score
         observe = self.alerts.observe
         seen_status = self.alerts.seen
@@ -187,7 +205,11 @@ class Gateway:
                 if rejects:
                     self._rejected(rejects, mono)
                 continue
-            readings, rejects = normalize(msg)
+            if msg.source == "opcua":
+                readings, rejects = normalize_opcua(msg)
+                n_opcua += len(readings)
+            else:
+                readings, rejects = normalize(msg)
             if rejects:
                 self._rejected(rejects, mono)
             for r in readings:
@@ -200,7 +222,10 @@ class Gateway:
                     transitions.extend(t)
                 out.append((r, sc))
         if out:
-            self._m_received.inc(len(out))
+            if n_opcua:
+                self.metrics.readings_received.labels("opcua").inc(n_opcua)
+            if len(out) > n_opcua:
+                self._m_received.inc(len(out) - n_opcua)
             self.latest.update({(p[0].equipment, p[0].sensor): p for p in out})
             self.metrics.pipeline_latency.observe(time.monotonic() - oldest)
         if self.events.parser.enabled:
@@ -241,8 +266,10 @@ class Gateway:
                     rj.reason
                 )
             counter.inc()
-            if self._publish.qsize() < PUBLISH_BACKLOG_FOR_DEADLETTERS and self._dl_bucket.take(
-                mono
+            if (
+                self._dl_bucket.rate > 0
+                and self._publish.qsize() < PUBLISH_BACKLOG_FOR_DEADLETTERS
+                and self._dl_bucket.take(mono)
             ):
                 body = orjson.dumps(
                     {
@@ -353,11 +380,15 @@ class Gateway:
                 self._spooled.clear()
                 await self._spooled.wait()
                 continue
-            if spool.pending_readings < cfg.batch_size and not self._stopping:
-                # let a batch fill up, but not longer than flush_interval_ms
+            # let a batch fill up to batch_size, but not longer than flush_interval_ms
+            deadline = time.monotonic() + interval
+            while spool.pending_readings < cfg.batch_size and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 self._spooled.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._spooled.wait(), interval)
+                    await asyncio.wait_for(self._spooled.wait(), remaining)
             taken = await self._in_spool_thread(spool.take, cfg.batch_size)
             if not taken:
                 continue
@@ -557,6 +588,13 @@ class Gateway:
             asyncio.create_task(self._tick_loop(), name="tick"),
             asyncio.create_task(self._snapshot_loop(), name="snapshot"),
         ]
+        if self.settings.opcua.servers:
+            from adapters.opcua.source import sources
+
+            others += [
+                asyncio.create_task(src.run(self.deliver), name=f"opcua {src.endpoint}")
+                for src in sources(self.settings.opcua.servers, self.metrics)
+            ]
         self.started.set()
         log.info("gateway: started (client_id %s)", self.settings.mqtt.client_id)
         watched = {*stages, publisher, *others} | ({sender} if sender else set())
@@ -601,7 +639,8 @@ class Gateway:
                 if self.mqtt.connected and not publisher.done():
                     self._publish.put_nowait(None)
                     await publisher
-                if sender is not None and not sender.done():
+                if sender is not None and not sender.done() and self._sink_ok:
+                    # (a failing sink is not waited for: the spool keeps the data)
                     self._stopping = True
                     self._spooled.set()
                     await sender
