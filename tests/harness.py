@@ -510,3 +510,8 @@ class MqttProbe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def uid(prefix: str) -> str:
+    """A name no other test uses (tests share the session broker and TSDB)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -11,14 +11,12 @@ import random
 import threading
 import time
 import urllib.parse
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import GatewayProcess, Gateways, MqttProbe
+from tests.harness import GatewayProcess, Gateways, MqttProbe, uid
 from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics, http_request
 
 EVENTS_TOML = """
@@ -42,10 +40,6 @@ MS = 1_000_000
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "production.json"
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def now_ms() -> int:
     return time.time_ns() // MS
 
@@ -67,14 +61,6 @@ def event(eid: str, t_ms: int, defects: int = 0, dur: int = 4000) -> dict[str, A
 def get_json(gw: GatewayProcess, path: str, **params: Any) -> tuple[int, Any]:
     status, body = http_request(f"{gw.url}{path}?{urllib.parse.urlencode(params)}")
     return status, json.loads(body)
-
-
-@pytest.fixture
-def spawn(mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path) -> Iterator[Gateways]:
-    pool = Gateways(mosquitto.port, victoria.url, tmp_path)
-    yield pool
-    problems = pool.close()
-    assert not problems, "\n".join(problems)
 
 
 def test_concurrent_duplicates_store_one_point_per_id(

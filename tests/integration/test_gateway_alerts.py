@@ -10,33 +10,12 @@ import math
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import GatewayProcess, Gateways, Message, MqttProbe
+from tests.harness import GatewayProcess, Gateways, Message, MqttProbe, uid
 from tests.servers import Mosquitto, VictoriaMetrics
-
-
-@pytest.fixture
-def spawn(mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path) -> Iterator[Gateways]:
-    """Start gateways on the session servers; at teardown each must exit 0 on SIGTERM."""
-    pool = Gateways(mosquitto.port, victoria.url, tmp_path)
-    yield pool
-    problems = pool.close()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.fixture
-def probe(mosquitto: Mosquitto) -> Iterator[MqttProbe]:
-    with MqttProbe(mosquitto.port) as p:
-        yield p
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def retained(port: int, topic_filter: str, settle: float = 0.5) -> list[Message]:

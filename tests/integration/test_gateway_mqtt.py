@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.harness import GatewayProcess, Gateways, MqttProbe
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.harness import GatewayProcess, Gateways, MqttProbe, uid
+from tests.servers import VictoriaMetrics
 
 SUBSCRIPTIONS = (
     GatewayProcess.DEFAULT_SUBSCRIPTION
@@ -34,25 +29,6 @@ topic = "batch/+"
 template = "batch/{line}"
 """
 )
-
-
-@pytest.fixture
-def spawn(mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path) -> Iterator[Gateways]:
-    """Start gateways on the session servers; at teardown each must exit 0 on SIGTERM."""
-    pool = Gateways(mosquitto.port, victoria.url, tmp_path)
-    yield pool
-    problems = pool.close()
-    assert not problems, "\n".join(problems)
-
-
-@pytest.fixture
-def probe(mosquitto: Mosquitto) -> Iterator[MqttProbe]:
-    with MqttProbe(mosquitto.port) as p:
-        yield p
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def exported(vm: VictoriaMetrics, metric: str, **labels: str) -> dict[str, list[tuple[int, float]]]:

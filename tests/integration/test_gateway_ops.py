@@ -9,27 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Gateways, MqttProbe
+from tests.harness import Gateways, MqttProbe, uid
 from tests.servers import Mosquitto, VictoriaMetrics
-
-
-@pytest.fixture
-def spawn(mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path) -> Iterator[Gateways]:
-    """Start gateways on the session servers; at teardown each must exit 0 on SIGTERM."""
-    pool = Gateways(mosquitto.port, victoria.url, tmp_path)
-    yield pool
-    problems = pool.close()
-    assert not problems, "\n".join(problems)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def test_metrics_counters_move(

@@ -1,0 +1,26 @@
+"""Fixtures shared by the integration tests: gateways on the session servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Gateways, MqttProbe
+from tests.servers import Mosquitto, VictoriaMetrics
+
+
+@pytest.fixture
+def spawn(mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path) -> Iterator[Gateways]:
+    """Start gateways on the session servers; at teardown each must exit 0 on SIGTERM."""
+    pool = Gateways(mosquitto.port, victoria.url, tmp_path)
+    yield pool
+    problems = pool.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def probe(mosquitto: Mosquitto) -> Iterator[MqttProbe]:
+    with MqttProbe(mosquitto.port) as p:
+        yield p
