@@ -260,23 +260,46 @@ class AlertManager:
         else:
             silent = None
         secs = int(silent if silent is not None else self._cfg.offline_after_s)
+        return self._raise_for_equipment(
+            equipment,
+            line,
+            OFFLINE,
+            "high",
+            silent,
+            self._cfg.offline_after_s,
+            now,
+            f"{equipment} sent nothing for {secs} s",
+        )
+
+    def _raise_for_equipment(
+        self,
+        equipment: str,
+        line: str,
+        kind: str,
+        severity: str,
+        value: float | None,
+        threshold: float,
+        now: float,
+        message: str,
+    ) -> list[Alert]:
+        """Raise an equipment-level alert (sensor ``*``): offline, defect_rate."""
         a = Alert(
             id=str(uuid.uuid4()),
             equipment=equipment,
             sensor=EQUIPMENT_SENSOR,
             line=line,
-            kind=OFFLINE,
-            severity="high",
+            kind=kind,
+            severity=severity,
             state=RAISED,
-            value=silent,
+            value=value,
             z=None,
             mean=None,
             std=None,
-            threshold=self._cfg.offline_after_s,
+            threshold=threshold,
             ts=_ns(now),
             raised_at=now,
             updated_at=now,
-            message=f"{equipment} sent nothing for {secs} s",
+            message=message,
         )
         self._add(a)
         return [a.copy()]
@@ -308,26 +331,16 @@ class AlertManager:
                 a.updated_at = now
                 a.message = f"{msg} >= {_fmt(threshold)}/h"
                 return []
-            a = Alert(
-                id=str(uuid.uuid4()),
-                equipment=equipment,
-                sensor=EQUIPMENT_SENSOR,
-                line=line,
-                kind=DEFECT_RATE,
-                severity="medium",
-                state=RAISED,
-                value=rate,
-                z=None,
-                mean=None,
-                std=None,
-                threshold=threshold,
-                ts=_ns(now),
-                raised_at=now,
-                updated_at=now,
-                message=f"{msg} >= {_fmt(threshold)}/h",
+            return self._raise_for_equipment(
+                equipment,
+                line,
+                DEFECT_RATE,
+                "medium",
+                rate,
+                threshold,
+                now,
+                f"{msg} >= {_fmt(threshold)}/h",
             )
-            self._add(a)
-            return [a.copy()]
         if a is None:
             return []
         a.state = CLEARED
