@@ -2,9 +2,11 @@
 
 Uses the broker at `[mqtt] host:port` when one answers, else starts a private
 mosquitto on a free port; InfluxDB at `[influx] url` when it answers `/ping`,
-else appends line protocol to `.demo/readings.lp`. With no `[[rules]]` in the
-config it uses the seed plant's alert thresholds (SPEC §5). A few anomalies
-are injected on purpose so alerts show up within the first minute.
+else appends line protocol to `.demo/readings.lp`. With no `[[opcua.servers]]`
+it also starts `edge-sim opcua` and reads three of its variables as a PLC would
+be read (press-1, fermenter-2). With no `[[rules]]` in the config it uses the
+seed plant's alert thresholds (SPEC §5). A few anomalies are injected on
+purpose so alerts show up within the first minute.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.config import Rule, Settings
+from gateway.config import OpcuaNode, OpcuaServer, Rule, Settings
 from gateway.pipeline import Gateway
 
 DEMO_DIR = Path(".demo")
@@ -37,6 +39,21 @@ SEED_RULES = [
     Rule(equipment="device-005", sensor="quality", low=80.0),
     Rule(equipment="fermenter-1", sensor="temperature", high=45.0),
 ]
+# The OPC UA simulator's variables, named as the demo's PLC equipment.
+OPCUA_NODES = [
+    OpcuaNode(node_id=f"ns=2;s={node}", equipment=eq, sensor=sensor, line="line-3")
+    for node, eq, sensor in (
+        ("line-1.device-001.temperature", "press-1", "temperature"),
+        ("line-1.device-003.vibration", "press-1", "vibration"),
+        ("line-2.fermenter-1.temperature", "fermenter-2", "temperature"),
+    )
+]
+OPCUA_RULES = [
+    Rule(equipment="press-1", sensor="temperature", high=85.0, low=15.0),
+    Rule(equipment="press-1", sensor="vibration", high=120.0),
+    Rule(equipment="fermenter-2", sensor="temperature", high=45.0),
+]
+OPCUA_INJECTION = "spike:device-001:temperature@15"  # -> press-1 threshold alert
 # Threshold alert at once, a z-score alert after warm-up, an offline alert later.
 INJECTIONS = (
     "spike:device-001:temperature@8",
@@ -85,6 +102,25 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit(f"demo: mosquitto did not start on port {port}")
 
 
+def _start_opcua_sim(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """`edge-sim opcua` on a free port; (None, reason) if it does not come up."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "simulator.cli", "opcua", "--port", str(port), "--quiet"]
+    proc = subprocess.Popen(
+        [*argv, "--seed", "11", "--inject", OPCUA_INJECTION, "--cert-dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        if _port_open("127.0.0.1", port, 0.1):
+            return proc, f"opc.tcp://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    return None, "OPC UA simulator did not start"
+
+
 def _influx_answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=1) as r:
@@ -121,8 +157,16 @@ async def run_demo(settings: Settings, duration: float = 0.0) -> int:
 
         sink = FileSink(DEMO_DIR / "readings.lp")
         notes.append(f"line protocol to {sink.path}")
+    opcua_sim = None
+    if not settings.opcua.servers:
+        opcua_sim, endpoint = _start_opcua_sim(workdir)
+        if opcua_sim is not None:
+            settings.opcua.servers = [
+                OpcuaServer(endpoint=endpoint, nodes=OPCUA_NODES, publishing_interval_ms=250)
+            ]
+        notes.append(f"OPC UA simulator {endpoint}" if opcua_sim else endpoint)
     if not settings.rules:
-        settings.rules = list(SEED_RULES)
+        settings.rules = list(SEED_RULES) + (OPCUA_RULES if opcua_sim else [])
     if not os.access(settings.spool.dir, os.W_OK):
         settings.spool.dir = str(DEMO_DIR / "spool")
     if settings.http.enabled and _port_open(settings.http.host, settings.http.port):
@@ -160,7 +204,10 @@ async def run_demo(settings: Settings, duration: float = 0.0) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            received = _sample(gw, "edge_readings_received_total", {"source": "mqtt"})
+            received = sum(
+                _sample(gw, "edge_readings_received_total", {"source": src})
+                for src in ("mqtt", "opcua")
+            )
             rate = received - last_received
             last_received = received
             line = _status_line(gw, rate, time.monotonic() - started)
@@ -177,6 +224,12 @@ async def run_demo(settings: Settings, duration: float = 0.0) -> int:
         if broker is not None:
             broker.terminate()
             broker.wait(timeout=5)
+        if opcua_sim is not None:
+            opcua_sim.terminate()
+            try:
+                opcua_sim.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                opcua_sim.kill()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

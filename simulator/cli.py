@@ -1,7 +1,8 @@
 """``edge-sim``: the equipment simulator's command line.
 
 ``edge-sim mqtt`` publishes the seed plant (SPEC §5) in real time; with ``--rate``
-it runs load mode instead. ``edge-sim opcua`` is not built yet. Exit codes:
+it runs load mode instead. ``edge-sim opcua`` serves the same plant as an OPC UA
+server (`simulator.opcua`). Exit codes:
 0 done or interrupted (Ctrl-C / SIGTERM print the totals), 1 broker unreachable,
 2 bad arguments.
 """
@@ -18,6 +19,7 @@ from types import FrameType
 
 import orjson
 
+from simulator import opcua as opcua_sim
 from simulator.anomalies import KINDS, AnomalyConfig, AnomalyEvent, Injection
 
 SPIKE_AT_SERIES = "device-001:temperature"
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--series", type=_positive_int, metavar="S", help="distinct series (100)")
     load.add_argument("--count", type=int, metavar="TOTAL", help="stop after TOTAL readings")
 
-    sub.add_parser("opcua", help="OPC UA server simulator (not implemented yet)")
+    opcua_sim.add_parser(sub)
     return parser
 
 
@@ -197,9 +199,6 @@ def _run_mqtt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["opcua"]:
-        print("not implemented yet: see issue 'OPC UA ingest'", file=sys.stderr)
-        return 2
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -208,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if args.command == "opcua":
+            return opcua_sim.run_cli(args, parser, _print_event)
         return _run_mqtt(args, parser)
     except ConnectionError as e:
         print(f"edge-sim: {e}", file=sys.stderr)

@@ -286,11 +286,13 @@ def test_load_topics_fit_the_default_template():
 # ----------------------------------------------------------------------------------- cli
 
 
-def test_cli_opcua_is_not_implemented_yet(capsys):
+def test_cli_opcua_rejects_bad_arguments(capsys):
     from simulator.cli import main
 
-    assert main(["opcua", "--rate", "5"]) == 2
-    assert "not implemented yet: see issue 'OPC UA ingest'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["opcua", "--rate", "0"])
+    assert e.value.code == 2
+    assert "--rate must be > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
