@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--count", type=int, metavar="TOTAL", help="stop after TOTAL readings")
 
     opcua_sim.add_parser(sub)
+    e = sub.add_parser(
+        "events",
+        help="production events of the seed plant, with duplicates and late updates",
+    )
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=1883)
+    e.add_argument("--duration", type=float, help="simulated seconds (default: forever)")
+    e.add_argument("--speed", type=float, default=1.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--duplicate-rate", type=float, default=0.05)
+    e.add_argument("--update-rate", type=float, default=0.02)
     return parser
 
 
@@ -196,6 +207,22 @@ def _run_mqtt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _run_events(args: argparse.Namespace) -> int:
+    from simulator.events import run_events
+    from simulator.mqtt import Broker
+
+    result = run_events(
+        Broker(args.host, args.port),
+        duration=args.duration,
+        speed=args.speed,
+        seed=args.seed,
+        duplicate_rate=args.duplicate_rate,
+        update_rate=args.update_rate,
+    )
+    print(result.summary_line(), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -209,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "opcua":
             return opcua_sim.run_cli(args, parser, _print_event)
+        if args.command == "events":
+            return _run_events(args)
         return _run_mqtt(args, parser)
     except ConnectionError as e:
         print(f"edge-sim: {e}", file=sys.stderr)
