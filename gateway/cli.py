@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -39,11 +40,30 @@ def _load(path: str | None) -> Settings:
         raise SystemExit(2) from None
 
 
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """Default handling, except one known harmless race that would log a traceback.
+
+    aiomqtt asks the loop (from paho's side) to watch the MQTT socket for writes; when
+    the broker has just dropped the connection the socket is closed by the time the
+    loop runs that request (EBADF). The link is being torn down and reconnects anyway.
+    """
+    exc = context.get("exception")
+    if (
+        isinstance(exc, OSError)
+        and exc.errno == errno.EBADF
+        and "add_writer" in str(context.get("message", ""))
+    ):
+        log.debug("mqtt: socket closed before the loop could watch it")
+        return
+    loop.default_exception_handler(context)
+
+
 async def _run(settings: Settings) -> int:
     from gateway.pipeline import Gateway, SpoolUnavailable
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(settings)

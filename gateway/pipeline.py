@@ -494,6 +494,8 @@ class Gateway:
         m.queue_depth.labels("ingest").set(self._ingest.qsize())
         m.queue_depth.labels("write").set(self._writes.qsize())
         m.queue_depth.labels("publish").set(self._publish.qsize())
+        # also while the sender sits in a retry loop (sink down), when it cannot
+        self._update_spool_metrics()
 
     # ----------------------------------------------------------------- state
     def _state_parts(self) -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object]]]:

@@ -5,6 +5,9 @@ one fsync per group of batches) before its MQTT messages are acknowledged.
 A sender reads records back in order and `release`s each once the sink
 confirmed it. The spool is bounded by `max_bytes`: past it the oldest
 records are dropped and their readings counted in `dropped_readings`.
+Records the sender has taken (in flight to the sink) are never dropped, so
+nothing is both written and counted as dropped; the bound can be exceeded by
+that one batch.
 
 Record layout: ``b"EGR1" | u32 length | u32 crc32(body) | u64 readings | body``.
 A segment whose records do not check out at start-up (torn write, bit rot,
@@ -40,6 +43,7 @@ class Record:
     length: int  # body bytes
     readings: int
     gone: bool = False  # released or dropped
+    inflight: bool = False  # taken by the sender: the bound must not drop it
 
     @property
     def size(self) -> int:
@@ -63,6 +67,7 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.pending: list[Record] = []  # in order; pending[0] is the oldest
         self._head = 0  # index of the first pending record in `pending`
+        self._drop_at = 0  # pending[_head:_drop_at] are in flight or dropped
         self.pending_bytes = 0
         self.pending_readings = 0
         self.dropped_readings = 0
@@ -81,7 +86,12 @@ class Spool:
         """Index what an earlier run left; salvage damaged segments."""
         self.dir.mkdir(parents=True, exist_ok=True)
         rec = Recovery()
-        cursor = self._read_cursor()
+        cursor, skip_from, skip_to = self._read_cursor()
+
+        def wanted(r: Record) -> bool:  # not sent yet, not dropped by the bound
+            pos = (r.seg, r.offset)
+            return pos >= cursor and not skip_from <= pos < skip_to
+
         segs = sorted(
             int(p.name[4:-4]) for p in self.dir.glob("seg-*.log") if p.name[4:-4].isdigit()
         )
@@ -93,11 +103,16 @@ class Spool:
                 rec.quarantined += 1
                 corrupt = self._path(seg).with_suffix(".corrupt")
                 for r in records:
-                    if (r.seg, r.offset) >= cursor:
+                    if wanted(r):
                         salvage.append((self._read_body(r, corrupt), r.readings))
                 continue
-            keep = [r for r in records if (r.seg, r.offset) >= cursor]
+            keep = [r for r in records if wanted(r)]
             rec.skipped_sent += len(records) - len(keep)
+            if skip_from < skip_to:  # copy what precedes the dropped range (was in flight)
+                for r in keep:
+                    if (r.seg, r.offset) < skip_from:
+                        salvage.append((self._read_body(r, self._path(seg)), r.readings))
+                keep = [r for r in keep if (r.seg, r.offset) >= skip_to]
             if not keep:
                 self._path(seg).unlink(missing_ok=True)
                 continue
@@ -109,6 +124,8 @@ class Spool:
             self.append(body, readings)
         if salvage:
             self.sync()
+        if skip_from < skip_to:
+            self._write_cursor()  # one position suffices again
         rec.records = len(self.pending) - self._head
         rec.readings = self.pending_readings
         return rec
@@ -164,6 +181,7 @@ class Spool:
             body = self.read(r)
             if body is None:
                 continue
+            r.inflight = True
             out.append((r, body))
             n += r.readings
             size += r.length
@@ -180,6 +198,7 @@ class Spool:
         if self._head < len(self.pending) and self.pending[self._head] is r:
             self._head += 1
             self._untrack(r)
+            self._skip_gone()
             self._compact()
             self._write_cursor_if_due(r)
 
@@ -205,15 +224,29 @@ class Spool:
     def _compact(self) -> None:
         if self._head > 1024 and self._head * 2 > len(self.pending):
             del self.pending[: self._head]
+            self._drop_at = max(0, self._drop_at - self._head)
             self._head = 0
 
     def _enforce_bound(self) -> None:
-        while self.pending_bytes > self.max_bytes and len(self.pending) - self._head > 1:
-            r = self.pending[self._head]
-            self._head += 1
+        """Drop the oldest records not in flight, keeping at least the newest one."""
+        pending = self.pending
+        last = len(pending) - 1
+        i = max(self._head, self._drop_at)
+        while self.pending_bytes > self.max_bytes and i < last:
+            r = pending[i]
+            i += 1
+            if r.gone or r.inflight:
+                continue
             self.dropped_readings += r.readings
             self._untrack(r)
+        self._drop_at = i
+        self._skip_gone()
         self._compact()
+
+    def _skip_gone(self) -> None:
+        pending = self.pending
+        while self._head < len(pending) and pending[self._head].gone:
+            self._head += 1
 
     def _start_segment(self) -> None:
         self._fh = open(self._path(self._seg), "ab")  # noqa: SIM115
@@ -268,12 +301,28 @@ class Spool:
             target.name,
         )
 
-    def _read_cursor(self) -> tuple[int, int]:
+    def _read_cursor(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(resume position, start and end of a dropped range after it to skip)."""
         try:
-            seg, off = (self.dir / CURSOR_FILE).read_text().split()
-            return int(seg), int(off)
+            v = [int(x) for x in (self.dir / CURSOR_FILE).read_text().split()]
         except (OSError, ValueError):
-            return (0, 0)
+            v = []
+        if len(v) == 2:
+            v += [0, 0, 0, 0]
+        elif len(v) != 6:
+            v = [0] * 6
+        return (v[0], v[1]), (v[2], v[3]), (v[4], v[5])
+
+    def _dropped_range(self) -> str:
+        """`` seg off seg off`` of records the bound dropped behind in-flight ones, or ""."""
+        pending = self.pending
+        for i in range(self._head, min(self._drop_at, len(pending))):
+            if pending[i].gone:
+                first = pending[i]
+                end = pending[self._drop_at] if self._drop_at < len(pending) else None
+                to = (end.seg, end.offset) if end is not None else (self._seg, self._size)
+                return f" {first.seg} {first.offset} {to[0]} {to[1]}"
+        return ""
 
     def _write_cursor_if_due(self, r: Record) -> None:
         self._released_since_cursor += 1
@@ -287,5 +336,5 @@ class Spool:
         pos = (head[0].seg, head[0].offset) if head else (self._seg, self._size)
         tmp = self.dir / (CURSOR_FILE + ".tmp")
         with contextlib.suppress(OSError):
-            tmp.write_text(f"{pos[0]} {pos[1]}\n")
+            tmp.write_text(f"{pos[0]} {pos[1]}{self._dropped_range()}\n")
             tmp.replace(self.dir / CURSOR_FILE)
