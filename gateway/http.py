@@ -10,6 +10,7 @@ Status API (JSON, read-only, from the gateway's in-memory state):
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -79,7 +80,7 @@ def equipment_view(gw: Gateway) -> list[dict[str, Any]]:
             "value": r.value,
             "ts": iso_ms(r.ts),
             "unit": r.unit,
-            "z": sc.z,
+            "z": sc.z if sc.z is not None and math.isfinite(sc.z) else None,
             "anomaly": bool(sc.findings),
         }
         if r.line:

@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-PACKAGES=(mosquitto victoria-metrics influxdb)
-BINARIES=(mosquitto victoria-metrics influxd)
+# prometheus: only its promtool is used (deploy tests check configs, rules, /metrics).
+PACKAGES=(mosquitto victoria-metrics influxdb prometheus)
+BINARIES=(mosquitto victoria-metrics influxd promtool)
 
 say() { echo "bootstrap: $*"; }
 

@@ -1,0 +1,304 @@
+"""Grafana's InfluxQL, run for real: the gateway writes to InfluxDB 1.6 (`[influx] api = "v1"`)
+and every InfluxQL query of the dashboards runs against what it wrote.
+
+Grafana macros are replaced as Grafana would: ``$timeFilter`` by an absolute time range,
+``$__interval`` by ``10s``, ``$equipment`` by a regex of the test's equipment, other
+template variables by ``.*`` (All). Each query of plant-overview.json has its own
+expectation; queries of other dashboards must at least run without an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import GatewayProcess, MqttProbe, uid
+from tests.servers import InfluxDB1, Mosquitto, http_request
+from tests.unit.test_deploy_static import OWN_DASHBOARDS, dashboard_queries, dashboards
+
+Rows = list[dict[str, Any]]
+Series = list[dict[str, Any]]
+
+
+def grafana_regex_escape(value: str) -> str:
+    """Grafana's escaping of a variable value inside an InfluxQL regex."""
+    return re.sub(r"[\\^$*+?.()|\[\]{}/-]", lambda m: "\\" + m.group(0), value)
+
+
+class Plant:
+    """What the module fixture published, and the gateway that processed it."""
+
+    def __init__(self, gw: GatewayProcess, influx: InfluxDB1, db: str) -> None:
+        self.gw = gw
+        self.influx = influx
+        self.db = db
+        self.a, self.b, self.c = uid("dsh-a"), uid("dsh-b"), uid("dsh-c")
+        self.last: dict[tuple[str, str], tuple[int, float]] = {}  # (eq, sensor) -> (ms, value)
+        self.points: dict[tuple[str, str], list[tuple[int, float]]] = {}  # all, (ms, value)
+        self.events: list[dict[str, Any]] = []
+        self.start_ms = 0
+        self.end_ms = 0
+
+    @property
+    def equipment(self) -> set[str]:
+        return {self.a, self.b, self.c}
+
+    def substitute(self, query: str) -> str:
+        eq = "(" + "|".join(grafana_regex_escape(e) for e in sorted(self.equipment)) + ")"
+        q = query.replace("$timeFilter", f"time >= {self.start_ms}ms and time <= {self.end_ms}ms")
+        q = q.replace("$__interval", "10s").replace("$equipment", eq)
+        return re.sub(r"\$\{?\w+\}?", ".*", q)  # any other variable: All
+
+    def run(self, query: str) -> Series:
+        result = self.influx.query(self.substitute(query), self.db, epoch="ms")
+        return list(result["results"][0].get("series", []))
+
+
+def rows(series: Series) -> Rows:
+    out = []
+    for s in series:
+        for values in s["values"]:
+            row = dict(zip(s["columns"], values, strict=True))
+            row.update(s.get("tags", {}))
+            out.append(row)
+    return out
+
+
+def by_tags(series: Series, *keys: str) -> dict[tuple[str, ...], Rows]:
+    return {tuple(s["tags"][k] for k in keys): rows([s]) for s in series}
+
+
+@pytest.fixture(scope="module")
+def plant(
+    mosquitto: Mosquitto, influxdb1: InfluxDB1, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plant]:
+    db = uid("factory").replace("-", "_")
+    influxdb1.create_database(db)
+    workdir: Path = tmp_path_factory.mktemp("gw-influx-v1")
+    gw = GatewayProcess(
+        mosquitto.port,
+        influxdb1.url,
+        workdir,
+        extra_toml=f"""
+[influx]
+api = "v1"
+database = "{db}"
+[detection]
+window = 20
+warmup = 10
+[alerts]
+clear_after = 2
+offline_after_s = 1
+[[rules]]
+sensor = "temperature"
+high = 85.0
+""",
+    )
+    p = Plant(gw, influxdb1, db)
+    now_ms = int(time.time() * 1000)
+    p.start_ms = now_ms - 10 * 60_000
+    base = now_ms - 60_000
+    with MqttProbe(mosquitto.port, ["alerts/events/#"]) as probe:
+
+        def ours(m: Any) -> bool:
+            return m.topic.startswith("alerts/events/") and m.json()["equipment"] in p.equipment
+
+        def event(eq: str, kind: str, state: str) -> Callable[[Any], bool]:
+            def match(m: Any) -> bool:
+                e = m.json() if ours(m) else {}
+                return (e.get("equipment"), e.get("kind"), e.get("state")) == (eq, kind, state)
+
+            return match
+
+        def publish(eq: str, sensor: str, unit: str, vals: list[float], first: int = 0) -> None:
+            batch = [
+                {"value": v, "ts": base + (first + i) * 1000, "unit": unit}
+                for i, v in enumerate(vals)
+            ]
+            probe.publish(f"plant/line-d/{eq}/{sensor}", batch)
+            p.points.setdefault((eq, sensor), []).extend((b["ts"], b["value"]) for b in batch)
+            p.last[(eq, sensor)] = (base + (first + len(vals) - 1) * 1000, vals[-1])
+
+        publish(p.a, "temperature", "celsius", [50.0 + (i % 5) * 0.5 for i in range(15)] + [99.0])
+        publish(p.b, "pressure", "psi", [20.0 + (i % 4) * 0.3 for i in range(15)] + [200.0])
+        publish(p.c, "vibration", "hz", [3.0, 3.5])
+        # b's alert clears in a later batch: a raise and a clear of one alert in the same
+        # batch share a timestamp and series in InfluxDB, and the clear overwrites the raise
+        probe.wait_for(event(p.b, "zscore", "raised"))
+        publish(p.b, "pressure", "psi", [20.1, 20.4], first=16)
+        probe.wait_for(event(p.b, "zscore", "cleared"))
+        # All three go silent: offline alerts, after which nothing changes any more
+        # (an equipment that came back would go offline again while the tests run).
+        for eq in (p.a, p.b, p.c):
+            probe.wait_for(event(eq, "offline", "raised"), timeout=10)
+        p.events = [m.json() for m in probe.messages(ours)]
+    p.end_ms = int(time.time() * 1000) + 60_000
+    # every transition seen on MQTT is in InfluxDB
+    deadline = time.monotonic() + 10
+    while len(p.run('SELECT "id" FROM "alerts" WHERE $timeFilter')[0]["values"]) < len(p.events):
+        assert time.monotonic() < deadline, "alert points did not reach InfluxDB"
+        time.sleep(0.1)
+    yield p
+    assert gw.stop() == 0
+
+
+def test_gateway_wrote_readings_through_v1_write(plant: Plant) -> None:
+    got = plant.influx.points(
+        'SELECT "value", "unit", "source" FROM "readings" WHERE "equipment" = '
+        f"'{plant.a}' ORDER BY time DESC LIMIT 1",
+        plant.db,
+    )
+    ms, value = plant.last[(plant.a, "temperature")]
+    assert got[0]["time"] == ms * 1_000_000 and got[0]["value"] == value
+    assert (got[0]["unit"], got[0]["source"]) == ("celsius", "mqtt")
+    assert plant.gw.metric("edge_readings_written_total") == 16 + 18 + 2
+
+
+# --------------------------------------------------------- one check per dashboard query
+
+
+def check_equipment_last(p: Plant, series: Series) -> None:
+    got = {eq: r[0] for (eq,), r in by_tags(series, "equipment").items()}
+    assert set(got) == p.equipment
+    for (eq, _sensor), (ms, value) in p.last.items():
+        assert (got[eq]["time"], got[eq]["last_value"]) == (ms, value)  # time = last seen
+
+
+def check_equipment_anomalies(p: Plant, series: Series) -> None:
+    got = {eq: r[0]["anomalies"] for (eq,), r in by_tags(series, "equipment").items()}
+    assert got == {p.a: 1, p.b: 1}  # the 99 on a, the 200 on b; c had none
+
+
+def check_equipment_offline(p: Plant, series: Series) -> None:
+    got = {eq: r[0]["offline"] for (eq,), r in by_tags(series, "equipment").items()}
+    assert got == {p.a: "raised", p.b: "raised", p.c: "raised"}
+
+
+def check_active_alerts(p: Plant, series: Series) -> None:
+    # Grafana: groupBy id taking the first (= newest, ORDER BY time DESC), drop cleared
+    newest: dict[str, dict[str, Any]] = {}
+    for r in rows(series):
+        newest.setdefault(r["id"], r)
+    active = {i: r for i, r in newest.items() if r["state"] != "cleared"}
+    kinds = {(r["equipment"], r["sensor"], r["kind"]) for r in active.values()}
+    assert kinds == {
+        (p.a, "temperature", "threshold_high"),
+        (p.a, "temperature", "zscore"),
+        (p.a, "*", "offline"),
+        (p.b, "*", "offline"),
+        (p.c, "*", "offline"),
+    }
+    assert len(newest) == len(active) + 1  # b's zscore alert: raised, then cleared
+    # ... which is exactly what the gateway itself says is active
+    status, body = http_request(f"{p.gw.url}/api/alerts?state=active")
+    assert status == 200
+    api = {a["id"]: a for a in json.loads(body) if a["equipment"] in p.equipment}
+    assert set(api) == set(active)
+    for i, r in active.items():
+        assert (r["state"], r["severity"]) == (api[i]["state"], api[i]["severity"])
+
+
+def check_values(p: Plant, series: Series) -> None:
+    got = by_tags(series, "equipment", "sensor")
+    assert set(got) == set(p.points)
+    for key, points in p.points.items():  # mean per 10 s bucket ($__interval)
+        buckets: dict[int, list[float]] = {}
+        for ms, v in points:
+            buckets.setdefault(ms - ms % 10_000, []).append(v)
+        expected = {t: sum(vs) / len(vs) for t, vs in buckets.items()}
+        assert {r["time"]: r["mean"] for r in got[key]} == pytest.approx(expected)
+
+
+def check_value_anomalies(p: Plant, series: Series) -> None:
+    got = {k: [r["value"] for r in v] for k, v in by_tags(series, "equipment", "sensor").items()}
+    assert got == {(p.a, "temperature"): [99.0], (p.b, "pressure"): [200.0]}
+
+
+def check_z(p: Plant, series: Series) -> None:
+    got = by_tags(series, "equipment", "sensor")
+    # c never warmed up (3 readings < warmup 10): no z, no series
+    assert set(got) == {(p.a, "temperature"), (p.b, "pressure")}
+    assert max(r["mean"] for r in got[(p.b, "pressure")]) > 3
+
+
+def check_z_anomalies(p: Plant, series: Series) -> None:
+    got = {k: [r["z"] for r in v] for k, v in by_tags(series, "equipment", "sensor").items()}
+    assert set(got) == {(p.a, "temperature"), (p.b, "pressure")}
+    assert got[(p.a, "temperature")][0] > 5 and got[(p.b, "pressure")][0] > 5
+
+
+def check_transitions(p: Plant, series: Series) -> None:
+    counts: dict[str, int] = {}
+    for (sev,), rs in by_tags(series, "severity").items():
+        counts[sev] = sum(r["count"] for r in rs)
+    expected: dict[str, int] = {}
+    for e in p.events:
+        expected[e["severity"]] = expected.get(e["severity"], 0) + 1
+    assert counts == expected
+
+
+def check_equipment_var(p: Plant, series: Series) -> None:
+    assert {r["value"] for r in rows(series)} == p.equipment
+
+
+def check_sensor_var(p: Plant, series: Series) -> None:
+    assert {r["value"] for r in rows(series)} == {"temperature", "pressure", "vibration"}
+
+
+def check_annotations(p: Plant, series: Series) -> None:
+    got = rows(series)
+    assert len(got) == len(p.events)
+    assert {r["message"] for r in got} == {e["message"] for e in p.events}
+    assert all(r["equipment"] in p.equipment and r["kind"] and r["severity"] for r in got)
+
+
+CHECKS: dict[str, Callable[[Plant, Series], None]] = {
+    "Equipment status/A": check_equipment_last,
+    "Equipment status/B": check_equipment_anomalies,
+    "Equipment status/C": check_equipment_offline,
+    "Active alerts/A": check_active_alerts,
+    "Sensor values (red points: anomalies)/A": check_values,
+    "Sensor values (red points: anomalies)/B": check_value_anomalies,
+    "z-score/A": check_z,
+    "z-score/B": check_z_anomalies,
+    "Alert transitions by severity/A": check_transitions,
+    "var equipment": check_equipment_var,
+    "var sensor": check_sensor_var,
+    "annotation Alerts": check_annotations,
+}
+
+
+def own_influxql() -> list[tuple[str, str]]:
+    return [
+        (where, text)
+        for name in OWN_DASHBOARDS
+        for where, kind, text in dashboard_queries(dashboards()[name])
+        if kind == "influxql"
+    ]
+
+
+def test_every_own_influxql_query_has_a_check() -> None:
+    assert {where for where, _ in own_influxql()} == set(CHECKS)
+
+
+@pytest.mark.parametrize(("where", "query"), own_influxql(), ids=[w for w, _ in own_influxql()])
+def test_dashboard_query_on_influxdb_1x(plant: Plant, where: str, query: str) -> None:
+    CHECKS[where](plant, plant.run(query))
+
+
+def test_other_dashboards_queries_run(plant: Plant) -> None:
+    ran = 0
+    for name, dash in dashboards().items():
+        if name in OWN_DASHBOARDS:
+            continue
+        for _where, kind, text in dashboard_queries(dash):
+            if kind == "influxql":
+                plant.run(text)  # raises ServerError on a parse or planning error
+                ran += 1
+    assert ran >= 0
