@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -172,8 +173,11 @@ class GatewayProcess:
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
-    def start(self) -> Self:
-        """Start (again, after `stop`/`kill`) and wait until ready; raises GatewayError."""
+    def start(self, *, wait: bool = True) -> Self:
+        """Start (again, after `stop`/`kill`) and wait until ready; raises GatewayError.
+
+        With ``wait=False`` return at once (for a gateway that is not meant to get ready).
+        """
         if self.running:
             return self
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)]
@@ -187,7 +191,8 @@ class GatewayProcess:
                 env=self.env,
                 start_new_session=True,
             )
-        self.wait_ready(self.ready_timeout)
+        if wait:
+            self.wait_ready(self.ready_timeout)
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
@@ -403,6 +408,8 @@ class MqttProbe:
 
     `wait_for(p)` takes a predicate on `Message` or an MQTT topic filter string.
     `publish` sends bytes as-is, str UTF-8 encoded, anything else as JSON.
+    `username`/`password` log in, `tls` (an SSL context) connects over TLS. A CONNACK
+    refusing the connection raises `ConnectionRefusedError` with the reason.
     """
 
     def __init__(
@@ -413,11 +420,15 @@ class MqttProbe:
         host: str = HOST,
         client_id: str | None = None,
         timeout: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._connected = threading.Event()
+        self._refused: str | None = None
         self._acks: dict[int, threading.Event] = {}
         cid = client_id or f"probe-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(
@@ -426,19 +437,28 @@ class MqttProbe:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
             raise TimeoutError(f"no CONNACK from {host}:{port}")
+        if self._refused is not None:
+            self.close()
+            raise ConnectionRefusedError(f"{host}:{port} refused {cid}: {self._refused}")
         filters = list(subscribe)
         if filters:
             self.subscribe(*filters)
 
     # paho callbacks (network thread)
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-        if not rc.is_failure:
-            self._connected.set()
+        if rc.is_failure:
+            self._refused = str(rc)
+            c.disconnect()  # no reconnect attempts
+        self._connected.set()
 
     def _on_subscribe(self, c: Any, u: Any, mid: int, rcs: Any, props: Any) -> None:
         with self._lock:

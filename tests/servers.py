@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -240,6 +240,12 @@ class Mosquitto(_Server):
 
     ``stop()`` saves the persistence DB; after ``kill()`` only what the last autosave
     (every ``autosave_interval`` seconds) wrote survives, as on a real crash.
+
+    ``config``, if given, renders the whole ``mosquitto.conf`` for this broker (its
+    ``host``, ``port``, ``dir``, ``persistence_dir``) instead of the generated one, e.g.
+    a shipped config rewritten for the test; it is called before every start, after a
+    port change too. Files it names (certificates, password file) belong in ``dir``.
+    ``extra_config`` lines are appended in both cases.
     """
 
     binary = "mosquitto"
@@ -250,9 +256,11 @@ class Mosquitto(_Server):
         *,
         autosave_interval: int = 1,
         workdir: str | os.PathLike[str] | None = None,
+        config: Callable[[Mosquitto], str] | None = None,
     ) -> None:
         super().__init__(workdir)
         self.extra_config = list(extra_config)
+        self.config = config
         self.autosave_interval = autosave_interval
         self.conf_path = self.dir / "mosquitto.conf"
         self.persistence_dir = self.dir / "persist"
@@ -263,7 +271,18 @@ class Mosquitto(_Server):
         return f"mqtt://{self.host}:{self.port}"
 
     def _prepare(self) -> None:
-        lines = [
+        if self.config is not None:
+            lines = [self.config(self).rstrip("\n")]
+        else:
+            lines = self._default_config()
+        if os.geteuid() == 0:
+            # mosquitto 2 drops root to user "mosquitto", which cannot write our temp dir.
+            lines.append("user root")
+        lines.extend(self.extra_config)
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _default_config(self) -> list[str]:
+        return [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "persistence true",
@@ -278,11 +297,6 @@ class Mosquitto(_Server):
             "log_type information",
             "log_timestamp true",
         ]
-        if os.geteuid() == 0:
-            # mosquitto 2 drops root to user "mosquitto", which cannot write our temp dir.
-            lines.append("user root")
-        lines.extend(self.extra_config)
-        self.conf_path.write_text("\n".join(lines) + "\n")
 
     def _argv(self) -> list[str]:
         return [self.exe, "-c", str(self.conf_path)]
