@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import sys
@@ -58,6 +59,9 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object])
     loop.default_exception_handler(context)
 
 
+GC_THRESHOLD = 50_000
+
+
 async def _run(settings: Settings) -> int:
     from gateway.pipeline import Gateway, SpoolUnavailable
 
@@ -67,6 +71,10 @@ async def _run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(settings)
+    # The hot path allocates a few short-lived container objects per reading; with the
+    # default threshold (700) the cyclic GC runs hundreds of times a second and its
+    # full collections walk every series' state, stalling the loop (docs/performance.md).
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
     try:
         await gw.run(stop)
     except SpoolUnavailable as e:

@@ -28,7 +28,7 @@ from typing import TypeVar
 import orjson
 
 from adapters.base import Sink, SinkError
-from adapters.mqtt import MqttLink, NotConnected
+from adapters.mqtt import MAX_BATCH, MqttLink, NotConnected
 from adapters.opcua import subscription as opcua_subscription
 from adapters.spool import Spool
 from gateway.alerts import Alert, AlertManager, iso_ms
@@ -93,10 +93,13 @@ class Gateway:
         self.mqtt = MqttLink(s.mqtt, command_topics=(self.ack_topic,), on_state=self._mqtt_state)
         self.lines = ReadingLines()
         self.state = StateStore(s.spool.dir)
+        # intake batches hold up to MAX_BATCH messages: queue_size messages in all
         self._ingest: asyncio.Queue[list[RawMessage] | None] = asyncio.Queue(
-            maxsize=max(1, s.pipeline.queue_size // 100)
+            maxsize=max(2, s.pipeline.queue_size // MAX_BATCH)
         )
-        self._writes: asyncio.Queue[WriteItem | None] = asyncio.Queue(maxsize=64)
+        # processed batches waiting for the group commit; each holds up to one intake
+        # batch of readings (MAX_BATCH_BYTES of payload), so 8 bound memory to tens of MB
+        self._writes: asyncio.Queue[WriteItem | None] = asyncio.Queue(maxsize=8)
         self._publish: asyncio.Queue[PublishItem | None] = asyncio.Queue()
         self._accepting = True
         self._parked: asyncio.Future[None] | None = None

@@ -1,3 +1,3 @@
-from adapters.mqtt.link import MqttLink, NotConnected
+from adapters.mqtt.link import MAX_BATCH, MqttLink, NotConnected
 
-__all__ = ["MqttLink", "NotConnected"]
+__all__ = ["MAX_BATCH", "MqttLink", "NotConnected"]

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable
 
 import aiomqtt
 
 from adapters.base import Deliver, OnState
+from adapters.mqtt.fastpath import Inbox, install, puback_many
 from gateway.backoff import Backoff
 from gateway.config import MqttConfig
 from gateway.model import RawMessage
@@ -26,7 +26,8 @@ from gateway.topics import filter_matches
 
 log = logging.getLogger("edge.mqtt")
 
-MAX_BATCH = 1000
+MAX_BATCH = 1000  # messages handed to the pipeline at once ...
+MAX_BATCH_BYTES = 256 << 10  # ... or this much payload: a batch is processed without a pause
 
 
 class NotConnected(Exception):
@@ -62,6 +63,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._filters = [s.topic for s in cfg.subscriptions]
+        self._inbox: Inbox | None = None
 
     @property
     def connected(self) -> bool:
@@ -97,6 +99,8 @@ class MqttLink:
         # At-least-once: paho must not PUBACK a QoS 1 message on receipt (its
         # default); the pipeline acks once the message's readings are durable.
         client._client.manual_ack_set(True)
+        self._inbox = Inbox(client, self._subscription_of, set(self.command_topics))
+        install(client, self._inbox)
         return client
 
     def ack(self, messages: list[RawMessage]) -> int:
@@ -109,11 +113,17 @@ class MqttLink:
         if client is None:
             return 0
         paho = client._client
+        mids = []
         n = 0
         for m in messages:
             if m.qos and m.conn is client:
-                paho.ack(m.mid, m.qos)
                 n += 1
+                if m.qos == 1:
+                    mids.append(m.mid)
+                else:
+                    paho.ack(m.mid, m.qos)
+        if mids:
+            puback_many(paho, mids)  # one write for the whole group commit
         return n
 
     async def run(
@@ -166,37 +176,24 @@ class MqttLink:
             self.cfg.client_id,
             ", ".join(self._filters),
         )
-        queue = client._queue  # drained in batches; aiomqtt has no batch API
-        commands = set(self.command_topics)
-        sub_of = self._subscription_of
+        inbox = self._inbox
+        assert inbox is not None
         paho = client._client
-        async for first in client.messages:
-            batch: list[RawMessage] = []
-            m: aiomqtt.Message | None = first
-            mono = time.monotonic()
-            wall = time.time_ns()
-            while m is not None:
-                topic = m.topic.value
-                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-                if topic in commands:
+        disconnected = client._disconnected
+        while True:
+            await inbox.wait(disconnected)
+            if inbox.commands:
+                commands, inbox.commands = inbox.commands, []
+                for topic, payload, mid, qos in commands:
                     if on_command is not None:
                         on_command(topic, payload)
-                    if m.qos:
-                        paho.ack(m.mid, m.qos)
-                else:
-                    batch.append(
-                        RawMessage(
-                            topic, payload, mono, wall, "mqtt", sub_of(topic), m.mid, m.qos, client
-                        )
-                    )
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    m = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    m = None
-            if batch:
-                await deliver(batch)
+                    if qos:
+                        paho.ack(mid, qos)
+            if inbox.messages:
+                await deliver(inbox.take(MAX_BATCH, MAX_BATCH_BYTES))
+            elif disconnected.done():
+                disconnected.result()  # raises the reason (an MqttError)
+                raise aiomqtt.MqttError("disconnected")
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False

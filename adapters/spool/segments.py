@@ -34,6 +34,10 @@ MAGIC = b"EGR1"
 HEADER = struct.Struct("<4sIIQ")
 MAX_RECORD = 256 << 20
 CURSOR_FILE = "cursor"
+# Bodies of the newest records stay in memory up to this many bytes, so a sender that
+# keeps up never reads back what was just written; during an outage the rest is read
+# from the segment files.
+CACHE_BYTES = 16 << 20
 
 
 @dataclass(slots=True)
@@ -44,6 +48,7 @@ class Record:
     readings: int
     gone: bool = False  # released or dropped
     inflight: bool = False  # taken by the sender: the bound must not drop it
+    body: bytes | None = None  # kept in memory (see CACHE_BYTES) so take() need not read
 
     @property
     def size(self) -> int:
@@ -77,6 +82,7 @@ class Spool:
         self._size = 0
         self._live: dict[int, int] = {}  # segment -> pending records in it
         self._released_since_cursor = 0
+        self.cached_bytes = 0
 
     # ------------------------------------------------------------ open/close
     def _path(self, seg: int) -> Path:
@@ -150,7 +156,11 @@ class Spool:
         self._fh.write(header)
         self._fh.write(body)
         self._size += HEADER.size + len(body)
-        self._track(Record(self._seg, offset, len(body), readings))
+        rec = Record(self._seg, offset, len(body), readings)
+        if self.cached_bytes + len(body) <= CACHE_BYTES:
+            rec.body = body
+            self.cached_bytes += len(body)
+        self._track(rec)
         self._enforce_bound()
 
     def sync(self) -> None:
@@ -169,6 +179,8 @@ class Spool:
         """The record's body, or None if the bound dropped it meanwhile."""
         if r.gone:
             return None
+        if r.body is not None:
+            return r.body
         if r.seg == self._seg and self._fh is not None:
             self._fh.flush()
         return self._read_body(r, self._path(r.seg))
@@ -211,6 +223,9 @@ class Spool:
 
     def _untrack(self, r: Record) -> None:
         r.gone = True
+        if r.body is not None:
+            self.cached_bytes -= len(r.body)
+            r.body = None
         self.pending_bytes -= r.size
         self.pending_readings -= r.readings
         left = self._live[r.seg] - 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.spool import Spool
+import pytest
+
+from adapters.spool import Spool, segments
 
 
 def _bodies(sp: Spool) -> list[bytes]:
@@ -121,3 +123,23 @@ def test_torn_tail_after_power_cut(tmp_path: Path) -> None:
     rec = again.open()
     assert rec.quarantined == 1
     assert sorted(_bodies(again)) == [b"ok0", b"ok1", b"ok2"]
+
+
+def test_memory_cache_is_bounded_and_the_rest_is_read_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments, "CACHE_BYTES", 40)
+    sp = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=64)
+    sp.open()
+    bodies = [b"record %02d" % i for i in range(10)]  # 9 bytes each: 4 fit the cache
+    for b in bodies:
+        sp.append(b, 1)
+    sp.sync()
+    assert sp.cached_bytes == 36
+    assert [r.body is not None for r in sp.peek(10)] == [True] * 4 + [False] * 6
+    taken = sp.take(max_readings=100)
+    assert [b for _, b in taken] == bodies
+    sp.release_many([r for r, _ in taken])
+    assert sp.cached_bytes == 0
+    sp.append(b"after", 1)  # released bytes free the cache again
+    assert sp.peek(1)[0].body == b"after"

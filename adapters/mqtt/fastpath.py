@@ -1,0 +1,204 @@
+"""The inbound hot path around paho, measured and kept in one place.
+
+aiomqtt drives paho from the asyncio loop: one socket readiness callback reads
+ONE packet (paho reads a packet header with single-byte ``recv`` calls), wraps it
+in an aiomqtt ``Message``, matches its topic against per-topic callbacks, and
+puts it on an ``asyncio.Queue``, whose consumer spawns a task per message. With
+manual acknowledgement each PUBACK is one more ``send`` syscall. At one reading
+per message that is most of the gateway's CPU (see docs/performance.md).
+
+Three small interventions, each at a documented paho extension point or
+attribute, none changing what goes over the wire:
+
+* `BufferedSocket` wraps paho's socket: reads come from a 64 KiB buffer, and the
+  socket's reader callback handles up to `BURST` buffered packets per wakeup, then
+  yields to the other tasks (a reader that never yields would starve them).
+* `Inbox` replaces paho's ``_handle_on_message`` for the client: each PUBLISH
+  becomes a `RawMessage` in a list the link drains in batches, no ``Message``,
+  no queue, no task per message.
+* `puback_many` sends the PUBACKs of a whole group commit as one write.
+
+If paho's internals move, `install` fails loudly at connect time (tests cover it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from typing import Any
+
+import paho.mqtt.client as paho_mqtt
+
+from gateway.model import RawMessage
+
+READ_SIZE = 65536
+BURST = 256  # packets handled per reader callback before other tasks get a turn
+# The inbox holds at most this much; past it the socket is not read (TCP backpressure:
+# the broker queues) until the pipeline took a batch. The broker's in-flight window
+# would bound it too, but not every broker enforces one.
+INBOX_MAX_MESSAGES = 2000
+INBOX_MAX_BYTES = 4 << 20
+PUBACK = 0x40
+_PUBACK = struct.Struct("!BBH")
+
+
+class BufferedSocket:
+    """paho's socket with buffered reads; everything else is the socket's own."""
+
+    __slots__ = ("_buf", "_end", "_pos", "_sock", "_view")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        # one buffer for the connection's life: a fresh 64 KiB bytes object per read,
+        # shrunk to what arrived, fragments the C heap (RSS grew by hundreds of MB)
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._pos = self._end = 0
+
+    def recv(self, n: int) -> bytes:
+        pos = self._pos
+        if pos >= self._end:
+            got = self._sock.recv_into(self._buf)  # BlockingIOError etc.: paho handles
+            if not got:
+                return b""  # closed by the broker
+            pos, self._end = 0, got
+        end = min(pos + n, self._end)
+        self._pos = end
+        return self._view[pos:end].tobytes()
+
+    def pending(self) -> int:
+        """Bytes readable without waiting for the socket (decrypted TLS included)."""
+        inner = getattr(self._sock, "pending", None)
+        return self._end - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Inbox:
+    """Where paho puts inbound PUBLISH packets, as RawMessages, for the link to drain."""
+
+    def __init__(self, conn: object, subscription_of: Any, commands: set[str]) -> None:
+        self.messages: list[RawMessage] = []
+        self.nbytes = 0  # payload bytes in `messages`
+        self.commands: list[tuple[str, bytes, int, int]] = []
+        self.resume: Any = None  # set while the reader is paused because the inbox is full
+        self._conn = conn
+        self._sub_of = subscription_of
+        self._command_topics = commands
+        self._waiter: asyncio.Future[None] | None = None
+
+    def on_publish(self, message: paho_mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", "replace")
+        payload = message.payload
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        if topic in self._command_topics:
+            self.commands.append((topic, payload, message.mid, message.qos))
+        else:
+            self.nbytes += len(payload)
+            self.messages.append(
+                RawMessage(
+                    topic,
+                    payload,
+                    time.monotonic(),
+                    time.time_ns(),
+                    "mqtt",
+                    self._sub_of(topic),
+                    message.mid,
+                    message.qos,
+                    self._conn,
+                )
+            )
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def full(self) -> bool:
+        return len(self.messages) >= INBOX_MAX_MESSAGES or self.nbytes >= INBOX_MAX_BYTES
+
+    def take(self, max_messages: int, max_bytes: int) -> list[RawMessage]:
+        """The oldest messages, up to `max_messages` and about `max_bytes` of payload."""
+        msgs = self.messages
+        if len(msgs) <= max_messages and self.nbytes <= max_bytes:
+            batch, self.messages, self.nbytes = msgs, [], 0
+        else:
+            size = n = 0
+            for m in msgs:
+                n += 1
+                size += len(m.payload)
+                if n >= max_messages or size >= max_bytes:
+                    break
+            batch = msgs[:n]
+            del msgs[:n]
+            self.nbytes -= size
+        if self.resume is not None and not self.full():
+            resume, self.resume = self.resume, None
+            resume()
+        return batch
+
+    async def wait(self, disconnected: asyncio.Future[Any]) -> None:
+        """Until something arrived or `disconnected` is done."""
+        while not self.messages and not self.commands and not disconnected.done():
+            self._waiter = w = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait((w, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiter = None
+
+
+def install(client: Any, inbox: Inbox) -> None:
+    """Route an aiomqtt client's inbound messages to `inbox`; buffer and burst its reads."""
+    paho: paho_mqtt.Client = client._client
+    loop: asyncio.AbstractEventLoop = client._loop
+    for attr in ("_handle_on_message", "_sock", "_packet_queue", "loop_read"):
+        if not hasattr(paho, attr):
+            raise RuntimeError(f"mqtt: this paho-mqtt has no Client.{attr}; paho-mqtt 2.x has it")
+    paho._handle_on_message = inbox.on_publish  # type: ignore[method-assign]
+    opened = paho.on_socket_open  # aiomqtt's: registers its own reader callback
+
+    def on_socket_open(c: paho_mqtt.Client, userdata: Any, sock: Any) -> None:
+        buffered = BufferedSocket(sock)
+        c._sock = buffered
+        if opened is not None:
+            opened(c, userdata, buffered)
+
+        fd = sock.fileno()
+
+        def resume() -> None:
+            if c._sock is buffered:
+                loop.add_reader(fd, on_readable)
+                loop.call_soon(on_readable)  # what is buffered already
+
+        def on_readable() -> None:
+            try:
+                for _ in range(BURST):
+                    if inbox.full():
+                        loop.remove_reader(fd)
+                        inbox.resume = resume
+                        return
+                    if c.loop_read() or c._sock is not buffered or not buffered.pending():
+                        return
+                loop.call_soon(on_readable)  # more buffered: after the others had a turn
+            except Exception as exc:  # as aiomqtt's own callback: the connection is gone
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        # scheduled after aiomqtt's add_reader, so this callback replaces its one
+        loop.call_soon_threadsafe(loop.add_reader, fd, on_readable)
+
+    paho.on_socket_open = on_socket_open
+
+
+def puback_many(paho: paho_mqtt.Client, mids: list[int]) -> None:
+    """PUBACK (QoS 1) these message ids in one write."""
+    if len(mids) == 1:
+        paho.ack(mids[0], 1)
+        return
+    pack = _PUBACK.pack
+    data = b"".join([pack(PUBACK, 2, mid) for mid in mids])
+    paho._packet_queue(PUBACK, data, 0, 0)
