@@ -48,6 +48,7 @@ T = TypeVar("T")
 
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
+PUBLISH_WINDOW = 128  # MQTT publishes awaiting their PUBACK at once
 RECENT_ALERTS = 1000  # alert transitions kept for GET /api/alerts?state=all
 
 # Queue items; None in a queue means "stop after what came before".
@@ -460,18 +461,45 @@ class Gateway:
 
     # --------------------------------------------------------------- publish
     async def _publish_loop(self) -> None:
-        while True:
-            item = await self._publish.get()
-            if item is None:
-                return
-            topic, payload, qos, retain = item
-            while True:
-                await self.mqtt.wait_connected()
-                try:
-                    await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+        """Publish alerts, status and dead letters in order, up to PUBLISH_WINDOW at once.
+
+        One awaited PUBACK per message would cap this at one broker round trip per
+        message; a storm of offline/online transitions (a switch reboots, 10,000
+        equipment go quiet) would then delay the next spike's alert by seconds.
+        What is not acknowledged is published again after a reconnect, from the
+        first failure on and in order, so the last retained message stays right.
+        """
+        queue = self._publish
+        stopping = False
+        while not stopping:
+            item = await queue.get()
+            window: list[PublishItem] = []
+            while item is not None:
+                window.append(item)
+                if len(window) >= PUBLISH_WINDOW:
                     break
-                except NotConnected:
-                    await asyncio.sleep(0.2)
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            else:
+                stopping = True
+            while window:
+                await self.mqtt.wait_connected()
+                results = await asyncio.gather(
+                    *(self.mqtt.publish(t, b, qos=q, retain=r) for t, b, q, r in window),
+                    return_exceptions=True,
+                )
+                failed = next((i for i, e in enumerate(results) if e is not None), None)
+                if failed is None:
+                    break
+                err = results[failed]
+                if not isinstance(err, NotConnected):  # cannot succeed on a retry
+                    log.error("mqtt: cannot publish to %s: %s", window[failed][0], err)
+                    window = window[failed + 1 :]
+                    continue
+                window = window[failed:]
+                await asyncio.sleep(0.2)
 
     # ------------------------------------------------------------------ tick
     async def _tick_loop(self) -> None:
