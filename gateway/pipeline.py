@@ -100,7 +100,7 @@ class Gateway:
         )
         # processed batches waiting for the group commit; each holds up to one intake
         # batch of readings (MAX_BATCH_BYTES of payload), so 8 bound memory to tens of MB
-        self._writes: asyncio.Queue[WriteItem | None] = asyncio.Queue(maxsize=8)
+        self._writes: asyncio.Queue[WriteItem | None] = asyncio.Queue(maxsize=4)
         self._publish: asyncio.Queue[PublishItem | None] = asyncio.Queue()
         self._accepting = True
         self._parked: asyncio.Future[None] | None = None

@@ -357,7 +357,7 @@ def bare_subscriber(cfg: dict[str, Any]) -> dict[str, Any]:
     c.loop_start()
     subscribed.wait(10)
     print("ready", flush=True)
-    last = -1
+    last: float = -1
     while not done.wait(5):  # stop when complete, or after 5 s without progress
         if st["readings"] == last:
             break
@@ -395,6 +395,11 @@ class Bench:
         self.pid = gw.pid
         self.runs = 0
 
+    def _others_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the broker and the TSDB so far (they share the cores)."""
+        assert self.broker.proc is not None and self.vm.proc is not None
+        return cpu_s(self.broker.proc.pid), cpu_s(self.vm.proc.pid)
+
     def _tag(self, name: str) -> str:
         self.runs += 1
         return f"{name}-{self.runs}"
@@ -424,6 +429,7 @@ class Bench:
         written0 = gw.metric("edge_readings_written_total")
         rejected0 = gw.metric("edge_readings_rejected_total")
         cpu0 = cpu_s(self.pid)
+        others0 = self._others_cpu()
         gens = Generators(
             a.publishers, host=self.broker.host, port=self.broker.port, prefix="plant",
             line=line, series=a.series, batch=batch, readings=readings, rate=rate,
@@ -433,6 +439,7 @@ class Bench:
         try:
             t_written = self.wait_written(written0 + readings)
             cpu1 = cpu_s(self.pid)
+            others1 = self._others_cpu()
             pubs = gens.results()
         finally:
             gens.kill()
@@ -469,13 +476,17 @@ class Bench:
             "unacked_publishes": sum(p["messages"] - p["acked"] for p in pubs),
             "gateway_cpu_s": round(cpu1 - cpu0, 2),
             "cpu_s_per_million": round((cpu1 - cpu0) / readings * 1e6, 2),
+            "broker_cpu_s_per_million": round((others1[0] - others0[0]) / readings * 1e6, 2),
+            "tsdb_cpu_s_per_million": round((others1[1] - others0[1]) / readings * 1e6, 2),
             "lag_after_last_publish_s": round(t_done - t_pub_end, 3) if t_done else None,
+            "rss_peak_mb_so_far": round(proc_status_kb(self.pid, "VmHWM") / 1024, 1),
         }
         r["zero_loss"] = r["lost"] == 0 and r["rejected"] == 0 and bool(t_done)
         _say(
             f"  {name}: {readings} readings, batch {batch}, offered {r['offered_rate']}/s -> "
             f"{r['rate']}/s end to end ({e2e:.2f} s), lost {r['lost']}, "
-            f"{r['cpu_s_per_million']} cpu-s/M"
+            f"{r['cpu_s_per_million']} cpu-s/M (broker {r['broker_cpu_s_per_million']}, "
+            f"TSDB {r['tsdb_cpu_s_per_million']})"
         )
         return r
 
@@ -549,7 +560,7 @@ class Bench:
         a = self.args
         n = a.spikes
         interval = 0.05
-        bg_s = n * interval + 3
+        bg_s = n * interval + 8  # + up to 5 s for the online storm to drain
         line = self._tag("lat")
         recv: dict[tuple[str, str], float] = {}
         lock = threading.Lock()
@@ -564,7 +575,8 @@ class Bench:
                 key = (ev["equipment"], ev["sensor"])
                 with lock:
                     recv.setdefault(key, t)
-            base_on_message(c, u, m)
+            if base_on_message is not None:
+                base_on_message(c, u, m)
 
         sub.client.on_message = on_message
         sub.subscribe("alerts/events/#")
@@ -579,6 +591,14 @@ class Bench:
         cpu0 = cpu_s(self.pid)
         try:
             time.sleep(1.5)  # background running
+            # Series idle since the last run (> offline_after_s) come back online now:
+            # measure steady state, after those status and alert publishes went out.
+            t_storm = time.monotonic()
+            while time.monotonic() - t_storm < 5:
+                if self.gw.metric("edge_queue_depth", queue="publish") == 0:
+                    break
+                time.sleep(0.1)
+            storm_s = time.monotonic() - t_storm
             step = max(1, a.series // n)
             for k in range(n):
                 eq, sensor = load_series((k * step + 7) % a.series)
@@ -606,6 +626,7 @@ class Bench:
             "p99_ms": round(_pct(lat, 99), 2) if lat else None,
             "max_ms": round(lat[-1], 2) if lat else None,
             "gateway_cpu_pct": round(100 * (cpu1 - cpu0) / (bg_s + 1), 1),
+            "online_storm_drained_s": round(storm_s, 2),
         }
         _say(
             f"  alert latency at {r['background_rate']}/s: p50 {r['p50_ms']} ms, "

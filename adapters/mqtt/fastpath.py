@@ -7,8 +7,8 @@ puts it on an ``asyncio.Queue``, whose consumer spawns a task per message. With
 manual acknowledgement each PUBACK is one more ``send`` syscall. At one reading
 per message that is most of the gateway's CPU (see docs/performance.md).
 
-Three small interventions, each at a documented paho extension point or
-attribute, none changing what goes over the wire:
+Four small interventions at paho extension points and attributes, none changing
+what goes over the wire:
 
 * `BufferedSocket` wraps paho's socket: reads come from a 64 KiB buffer, and the
   socket's reader callback handles up to `BURST` buffered packets per wakeup, then
@@ -16,6 +16,9 @@ attribute, none changing what goes over the wire:
 * `Inbox` replaces paho's ``_handle_on_message`` for the client: each PUBLISH
   becomes a `RawMessage` in a list the link drains in batches, no ``Message``,
   no queue, no task per message.
+* `BufferedSocket.take_publishes` decodes complete QoS 0/1 PUBLISH packets (MQTT
+  3.1.1) straight from that buffer; everything else (CONNACK, SUBACK, PUBACK,
+  PINGRESP, QoS 2, a packet cut by the buffer's end, MQTT 5) is left to paho.
 * `puback_many` sends the PUBACKs of a whole group commit as one write.
 
 If paho's internals move, `install` fails loudly at connect time (tests cover it).
@@ -33,7 +36,8 @@ import paho.mqtt.client as paho_mqtt
 from gateway.model import RawMessage
 
 READ_SIZE = 65536
-BURST = 256  # packets handled per reader callback before other tasks get a turn
+BURST = 8  # rounds of (up to PARSE_BATCH PUBLISH + one other packet) per reader callback
+PARSE_BATCH = 128
 # The inbox holds at most this much; past it the socket is not read (TCP backpressure:
 # the broker queues) until the pipeline took a batch. The broker's in-flight window
 # would bound it too, but not every broker enforces one.
@@ -46,7 +50,7 @@ _PUBACK = struct.Struct("!BBH")
 class BufferedSocket:
     """paho's socket with buffered reads; everything else is the socket's own."""
 
-    __slots__ = ("_buf", "_end", "_pos", "_sock", "_view")
+    __slots__ = ("_buf", "_end", "_pos", "_sock", "_view", "received")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
@@ -55,6 +59,7 @@ class BufferedSocket:
         self._buf = bytearray(READ_SIZE)
         self._view = memoryview(self._buf)
         self._pos = self._end = 0
+        self.received = False  # take_publishes read from the socket (paho's keepalive)
 
     def recv(self, n: int) -> bytes:
         pos = self._pos
@@ -66,6 +71,67 @@ class BufferedSocket:
         end = min(pos + n, self._end)
         self._pos = end
         return self._view[pos:end].tobytes()
+
+    def take_publishes(self, add: Any, limit: int) -> int:
+        """Decode complete QoS 0/1 PUBLISH packets (MQTT 3.1.1) at the head of the buffer.
+
+        Calls ``add(topic, payload, mid, qos)`` for each; returns how many. Stops at
+        anything else (another packet type, QoS 2, a packet not complete yet): paho
+        reads that, from the same buffer, as before.
+        """
+        buf, view = self._buf, self._view
+        pos, end = self._pos, self._end
+        n = 0
+        while n < limit:
+            if pos >= end:
+                try:
+                    got = self._sock.recv_into(buf)
+                except OSError:  # would block (or worse): paho's next read sees it
+                    break
+                if not got:
+                    break  # closed: paho's next read sees that too
+                pos, end = 0, got
+                self._pos, self._end = 0, got
+                self.received = True
+            b0 = buf[pos]
+            if b0 & 0xF0 != 0x30 or b0 & 0x06 > 0x02:  # not a PUBLISH, or QoS 2
+                break
+            i = pos + 1
+            rl = 0
+            shift = 0
+            while i < end and i - pos <= 4:
+                b = buf[i]
+                i += 1
+                rl |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            else:
+                break  # length not complete yet (or malformed: paho says so)
+            stop = i + rl
+            if stop > end or rl < 2:
+                break
+            t0 = i + 2
+            t1 = t0 + ((buf[i] << 8) | buf[i + 1])
+            if b0 & 0x06:
+                if t1 + 2 > stop:
+                    break
+                mid = (buf[t1] << 8) | buf[t1 + 1]
+                p0 = t1 + 2
+                qos = 1
+            else:
+                mid = qos = 0
+                p0 = t1
+            if p0 > stop:
+                break
+            try:
+                topic = view[t0:t1].tobytes().decode()
+            except UnicodeDecodeError:
+                topic = view[t0:t1].tobytes().decode("utf-8", "replace")
+            add(topic, view[p0:stop].tobytes(), mid, qos)
+            pos = self._pos = stop
+            n += 1
+        return n
 
     def pending(self) -> int:
         """Bytes readable without waiting for the socket (decrypted TLS included)."""
@@ -90,6 +156,7 @@ class Inbox:
         self._waiter: asyncio.Future[None] | None = None
 
     def on_publish(self, message: paho_mqtt.MQTTMessage) -> None:
+        """paho's path (packets the parser left to it): one PUBLISH."""
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -97,8 +164,11 @@ class Inbox:
         payload = message.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
+        self.add(topic, payload, message.mid, message.qos)
+
+    def add(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if topic in self._command_topics:
-            self.commands.append((topic, payload, message.mid, message.qos))
+            self.commands.append((topic, payload, mid, qos))
         else:
             self.nbytes += len(payload)
             self.messages.append(
@@ -109,8 +179,8 @@ class Inbox:
                     time.time_ns(),
                     "mqtt",
                     self._sub_of(topic),
-                    message.mid,
-                    message.qos,
+                    mid,
+                    qos,
                     self._conn,
                 )
             )
@@ -174,6 +244,8 @@ def install(client: Any, inbox: Inbox) -> None:
                 loop.add_reader(fd, on_readable)
                 loop.call_soon(on_readable)  # what is buffered already
 
+        fast = c._protocol != paho_mqtt.MQTTv5  # v5 PUBLISH has properties: paho's path
+
         def on_readable() -> None:
             try:
                 for _ in range(BURST):
@@ -181,6 +253,13 @@ def install(client: Any, inbox: Inbox) -> None:
                         loop.remove_reader(fd)
                         inbox.resume = resume
                         return
+                    if fast and c._in_packet["command"] == 0:  # paho is between packets
+                        buffered.take_publishes(inbox.add, PARSE_BATCH)
+                        if buffered.received:
+                            buffered.received = False
+                            c._last_bytes_received = time.monotonic()
+                        if inbox.full():
+                            continue
                     if c.loop_read() or c._sock is not buffered or not buffered.pending():
                         return
                 loop.call_soon(on_readable)  # more buffered: after the others had a turn

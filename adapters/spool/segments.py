@@ -37,7 +37,7 @@ CURSOR_FILE = "cursor"
 # Bodies of the newest records stay in memory up to this many bytes, so a sender that
 # keeps up never reads back what was just written; during an outage the rest is read
 # from the segment files.
-CACHE_BYTES = 16 << 20
+CACHE_BYTES = 4 << 20
 
 
 @dataclass(slots=True)

@@ -122,7 +122,9 @@ high = 85.0
                 for i, v in enumerate(vals)
             ]
             probe.publish(f"plant/line-d/{eq}/{sensor}", batch)
-            p.points.setdefault((eq, sensor), []).extend((b["ts"], b["value"]) for b in batch)
+            p.points.setdefault((eq, sensor), []).extend(
+                (base + (first + i) * 1000, v) for i, v in enumerate(vals)
+            )
             p.last[(eq, sensor)] = (base + (first + len(vals) - 1) * 1000, vals[-1])
 
         publish(p.a, "temperature", "celsius", [50.0 + (i % 5) * 0.5 for i in range(15)] + [99.0])

@@ -84,7 +84,7 @@ def dashboard_queries(dash: dict[str, Any]) -> list[tuple[str, str, str]]:
             continue
         q = v.get("query")
         text = q.get("query") if isinstance(q, dict) else q
-        out.append((f"var {v['name']}", kind_of(v.get("datasource"), None), text))
+        out.append((f"var {v['name']}", kind_of(v.get("datasource"), None), str(text or "")))
     for a in dash.get("annotations", {}).get("list", []):
         if a.get("query"):
             out.append((f"annotation {a['name']}", kind_of(a.get("datasource"), None), a["query"]))

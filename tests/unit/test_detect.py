@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 from river import stats, utils
@@ -30,7 +31,7 @@ def reading(value: float, i: int = 0, eq: str = "device-001", sensor: str = "tem
     return Reading(eq, sensor, float(value), T0 + int(i * period_s * SEC), tags={"line": line})
 
 
-def detectors(rules: list[Rule] | None = None, **cfg: float) -> Detectors:
+def detectors(rules: list[Rule] | None = None, **cfg: Any) -> Detectors:
     return Detectors(DetectionConfig(**cfg), RuleSet(rules or []))
 
 
