@@ -225,7 +225,8 @@ def install(client: Any, inbox: Inbox) -> None:
     """Route an aiomqtt client's inbound messages to `inbox`; buffer and burst its reads."""
     paho: paho_mqtt.Client = client._client
     loop: asyncio.AbstractEventLoop = client._loop
-    for attr in ("_handle_on_message", "_sock", "_packet_queue", "loop_read"):
+    needed = ("_handle_on_message", "_sock", "_packet_queue", "_in_packet", "_protocol")
+    for attr in (*needed, "_last_bytes_received", "loop_read"):
         if not hasattr(paho, attr):
             raise RuntimeError(f"mqtt: this paho-mqtt has no Client.{attr}; paho-mqtt 2.x has it")
     paho._handle_on_message = inbox.on_publish  # type: ignore[method-assign]
@@ -247,6 +248,8 @@ def install(client: Any, inbox: Inbox) -> None:
         fast = c._protocol != paho_mqtt.MQTTv5  # v5 PUBLISH has properties: paho's path
 
         def on_readable() -> None:
+            if c._sock is not buffered:  # a stale call after this connection closed (its
+                return  # fd number may belong to the next connection by now)
             try:
                 for _ in range(BURST):
                     if inbox.full():
