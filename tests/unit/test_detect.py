@@ -410,3 +410,22 @@ def test_restore_rejects_garbage_and_keeps_state():
         with pytest.raises(ValueError):
             d.restore(bad)
     assert d.series_count == 1
+
+
+def test_snapshot_in_pieces_joins_to_a_snapshot_and_tolerates_new_series() -> None:
+    d = detectors()
+    for i in range(1200):
+        for k in range(12):
+            d.score(reading(50.0 + k % 3, k, eq=f"eq-{i}"))
+    pieces = d.snapshot_chunks(per_chunk=500)
+    head = next(pieces)
+    d.score(reading(1.0, 0, eq="new-between-pieces"))  # the loop runs on meanwhile
+    rest = list(pieces)
+    assert len(rest) == 4  # 500 + 500 + 200 series, then the closing bracket
+    data = head + b"".join(rest)
+    assert b"new-between-pieces" not in data  # left for the next snapshot
+    assert b"new-between-pieces" in d.snapshot()
+    restored = detectors()
+    assert restored.restore(data) == 1200
+    probe = reading(60.0, 12, eq="eq-7")
+    assert restored.score(probe).z == d.score(probe).z
