@@ -536,7 +536,7 @@ class Gateway:
         return {
             "detectors.json": (self.detectors.snapshot_chunks, self.detectors.restore),
             "alerts.json": (lambda: (self.alerts.snapshot(),), self.alerts.restore),
-            "events.json": (lambda: (self.events.store.snapshot(),), self.events.store.restore),
+            "events.json": (self.events.store.snapshot_chunks, self.events.store.restore),
             "equipment.json": (
                 lambda: (self.offline.snapshot(),),
                 lambda data: self.offline.restore(data, time.monotonic()),

@@ -317,6 +317,17 @@ def test_snapshot_round_trip() -> None:
         again.restore(b'{"version": 99, "events": []}')
 
 
+def test_snapshot_in_pieces_is_the_same_json() -> None:
+    store = EventStore()
+    for i in range(25):
+        store.add(ev(f"e{i}", T0 + i, "M", "A", i % 3))
+    pieces = list(store.snapshot_chunks(per_chunk=10))
+    assert len(pieces) == 5  # head, 10 + 10 + 5 events, tail
+    rows = [[f"e{i}", T0 + i, "M", "A", "F01", 1000.0, i % 3] for i in range(25)]
+    assert orjson.loads(b"".join(pieces)) == {"version": 1, "events": rows}
+    assert orjson.loads(EventStore().snapshot()) == {"version": 1, "events": []}
+
+
 # ---------------------------------------------------------------- stats
 
 # Hand-computed fixture: factory F01 lines A (M1, M2) and B (M3); F02 line C (M4).
