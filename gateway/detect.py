@@ -29,6 +29,7 @@ import orjson
 
 from gateway.config import DetectionConfig, Rule
 from gateway.model import (
+    NO_FINDINGS,
     THRESHOLD_HIGH,
     THRESHOLD_LOW,
     TREND,
@@ -499,8 +500,8 @@ class Detectors:
 
     State is created on a series' first reading; its rule is resolved then,
     with the line of that reading. `Score.findings` is a fresh list per call,
-    but treat it (and the findings) as read-only: the alert manager and the
-    sink both read the same object.
+    or the shared empty `NO_FINDINGS` tuple when there are none; treat it (and
+    the findings) as read-only: the alert manager and the sink both read it.
     """
 
     __slots__ = ("_crit", "_med", "_series", "_thr", "cfg", "rules")
@@ -539,15 +540,19 @@ class Detectors:
         if st is None:
             st = self._new(key, r.line)
         v = r.value
-        findings: list[Finding] = []
+        findings: list[Finding] | None = None  # most readings have none: no list for them
         if v > st.hi or v < st.lo:
             f = _threshold_finding(r.sensor, v, st.rule)
             if f is not None:
-                findings.append(f)
+                findings = [f]
         zs = st.zs
         z = zs.score_one(v)
         if z is not None and (z >= self._thr or z <= -self._thr):
-            findings.append(self._z_finding(r.sensor, v, z, zs))
+            f = self._z_finding(r.sensor, v, z, zs)
+            if findings is None:
+                findings = [f]
+            else:
+                findings.append(f)
         zs.learn_scored(v, z)
         tr = st.trend
         if tr is not None:
@@ -555,8 +560,12 @@ class Detectors:
             if slope is not None and (slope > tr.limit or slope < -tr.limit):
                 way = "rising" if slope > 0 else "falling"
                 msg = f"{r.sensor} {way} {abs(slope):.4g}/min, limit {tr.limit:g}/min"
-                findings.append(Finding(TREND, "medium", v, tr.limit, msg))
-        return Score(z, findings)
+                f = Finding(TREND, "medium", v, tr.limit, msg)
+                if findings is None:
+                    findings = [f]
+                else:
+                    findings.append(f)
+        return Score(z, NO_FINDINGS if findings is None else findings)
 
     def _z_finding(self, sensor: str, v: float, z: float, zs: ZScore) -> Finding:
         az = abs(z)

@@ -7,6 +7,7 @@ that turns untrusted bytes into a `Reading` (or a `Reject` saying why not).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -97,16 +98,20 @@ class Finding:
     std: float | None = None
 
 
+NO_FINDINGS: Final[tuple[Finding, ...]] = ()  # shared: a normal reading allocates no list
+
+
 @dataclass(slots=True)
 class Score:
     """What the detectors said about one reading.
 
-    `z` is None while the series is warming up. An empty `findings` list means
-    the reading was normal for every detector.
+    `z` is None while the series is warming up. Empty `findings` (the shared
+    `NO_FINDINGS` tuple from the detectors) means the reading was normal for
+    every detector.
     """
 
     z: float | None
-    findings: list[Finding]
+    findings: Sequence[Finding]
 
     @property
     def anomaly(self) -> bool:

@@ -188,7 +188,7 @@ def test_flat_series_still_alarms_on_a_jump():
     for i in range(40):
         assert not d.score(reading(300.0, i)).findings
     assert d.score(reading(300.0, 40)).z == 0.0
-    assert d.score(reading(300.0 * (1 + 1e-12), 41)).findings == []  # float jitter
+    assert not d.score(reading(300.0 * (1 + 1e-12), 41)).findings  # float jitter
     s = d.score(reading(301.0, 42))
     assert math.isfinite(s.z) and s.z > 5
     assert zfindings(s)[0].severity == "critical"
@@ -230,7 +230,7 @@ def test_threshold_rules_from_first_reading(value, kind, severity, threshold):
     s = d.score(reading(value))  # first reading of the series: still in warm-up
     assert s.z is None
     if kind is None:
-        assert s.findings == []
+        assert not s.findings
         return
     (f,) = s.findings
     assert (f.kind, f.severity, f.threshold, f.value) == (kind, severity, threshold, value)
@@ -241,7 +241,7 @@ def test_critical_limit_alone_and_unmatched_series():
     d = detectors([Rule(equipment="device-003", critical_high=120.0)])
     (f,) = d.score(reading(130.0, eq="device-003", sensor="vibration")).findings
     assert (f.kind, f.severity, f.threshold) == (THRESHOLD_HIGH, "critical", 120.0)
-    assert d.score(reading(130.0, eq="device-004", sensor="vibration")).findings == []
+    assert not d.score(reading(130.0, eq="device-004", sensor="vibration")).findings
 
 
 def test_rule_globs_and_later_rule_overrides_keys_it_sets():
@@ -327,13 +327,14 @@ def test_trend_fires_on_a_ramp_not_on_noise():
 # ------------------------------------------------------------ facade bits
 
 
-def test_series_count_forget_and_fresh_findings_lists():
-    d = detectors()
+def test_series_count_forget_and_no_shared_mutable_findings():
+    d = detectors([Rule(sensor="temperature", high=0.5)])
     a = d.score(reading(1.0, 0, eq="a"))
     b = d.score(reading(1.0, 0, eq="b"))
-    d.score(reading(1.0, 1, eq="a"))
+    assert a.findings is not b.findings  # lists with findings are fresh per call
+    n1, n2 = d.score(reading(0.1, 1, eq="a")), d.score(reading(0.1, 1, eq="b"))
+    assert n1.findings == () and n2.findings == ()  # no findings: one immutable tuple
     assert d.series_count == 2 and ("a", "temperature") in d
-    assert a.findings is not b.findings
     assert d.forget(("a", "temperature")) and not d.forget(("a", "temperature"))
     assert d.series_count == 1
 
