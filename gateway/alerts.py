@@ -237,14 +237,10 @@ class AlertManager:
             if n >= clear_after:
                 done.append(a)
         for a in done:
-            a.state = CLEARED
             a.value = r.value
             a.z = score.z
-            a.ts = r.ts
-            a.updated_at = now
-            a.message = f"{r.sensor} back to normal ({_fmt(r.value)}) for {clear_after} readings"
-            self._remove(a)
-            out.append(a.copy())
+            msg = f"{r.sensor} back to normal ({_fmt(r.value)}) for {clear_after} readings"
+            out.append(self._clear(a, r.ts, now, msg))
         return out
 
     # -- offline / online -------------------------------------------------
@@ -309,12 +305,7 @@ class AlertManager:
         a = self._offline_alert(equipment)
         if a is None:
             return []
-        a.state = CLEARED
-        a.ts = _ns(now)
-        a.updated_at = now
-        a.message = f"{equipment} back online"
-        self._remove(a)
-        return [a.copy()]
+        return [self._clear(a, _ns(now), now, f"{equipment} back online")]
 
     def defect_rate(
         self, equipment: str, line: str, rate: float, threshold: float, now: float
@@ -343,13 +334,17 @@ class AlertManager:
             )
         if a is None:
             return []
-        a.state = CLEARED
         a.value = rate
-        a.ts = _ns(now)
+        return [self._clear(a, _ns(now), now, f"{msg}, back below {_fmt(threshold)}/h")]
+
+    def _clear(self, a: Alert, ts: int, now: float, message: str) -> Alert:
+        """End an active alert: the `cleared` transition, and it is no longer active."""
+        a.state = CLEARED
+        a.ts = ts
         a.updated_at = now
-        a.message = f"{msg}, back below {_fmt(threshold)}/h"
+        a.message = message
         self._remove(a)
-        return [a.copy()]
+        return a.copy()
 
     def is_offline(self, equipment: str) -> bool:
         return self._offline_alert(equipment) is not None
