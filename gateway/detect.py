@@ -38,6 +38,7 @@ from gateway.model import (
     Reading,
     Score,
 )
+from gateway.snapshots import json_pieces
 
 __all__ = [
     "Detectors",
@@ -588,28 +589,29 @@ class Detectors:
         added between pieces wait for the next snapshot.
         """
         keys = list(self._series)
-        yield b'{"version":%d,"series":[' % _SNAPSHOT_VERSION
-        sep = b""
-        for i in range(0, len(keys), per_chunk):
-            items = []
-            for key in keys[i : i + per_chunk]:
-                st = self._series.get(key)
-                if st is None:
-                    continue
-                items.append(
-                    {
-                        "equipment": key[0],
-                        "sensor": key[1],
-                        "line": st.line,
-                        "window": st.zs.window,
-                        "zscore": st.zs.to_state(),
-                        "trend": st.trend.to_state() if st.trend is not None else None,
-                    }
-                )
-            if items:
-                yield sep + orjson.dumps(items)[1:-1]
-                sep = b","
-        yield b"]}"
+        return json_pieces(
+            _SNAPSHOT_VERSION,
+            "series",
+            (self._snapshot_items(keys[i : i + per_chunk]) for i in range(0, len(keys), per_chunk)),
+        )
+
+    def _snapshot_items(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        items = []
+        for key in keys:
+            st = self._series.get(key)
+            if st is None:
+                continue  # forgotten since the snapshot began
+            items.append(
+                {
+                    "equipment": key[0],
+                    "sensor": key[1],
+                    "line": st.line,
+                    "window": st.zs.window,
+                    "zscore": st.zs.to_state(),
+                    "trend": st.trend.to_state() if st.trend is not None else None,
+                }
+            )
+        return items
 
     def restore(self, data: bytes) -> int:
         """Load a `snapshot`, replacing state of the series it holds; returns their count.
