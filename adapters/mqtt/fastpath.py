@@ -154,6 +154,13 @@ class Inbox:
         self._sub_of = subscription_of
         self._command_topics = commands
         self._waiter: asyncio.Future[None] | None = None
+        self.stamp()
+
+    def stamp(self) -> float:
+        """Take the receive time once per socket read, not once per message."""
+        self._mono = now = time.monotonic()
+        self._wall = time.time_ns()
+        return now
 
     def on_publish(self, message: paho_mqtt.MQTTMessage) -> None:
         """paho's path (packets the parser left to it): one PUBLISH."""
@@ -164,6 +171,7 @@ class Inbox:
         payload = message.payload
         if type(payload) is not bytes:
             payload = bytes(payload)
+        self.stamp()  # paho's path is per packet anyway
         self.add(topic, payload, message.mid, message.qos)
 
     def add(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -175,8 +183,8 @@ class Inbox:
                 RawMessage(
                     topic,
                     payload,
-                    time.monotonic(),
-                    time.time_ns(),
+                    self._mono,
+                    self._wall,
                     "mqtt",
                     self._sub_of(topic),
                     mid,
@@ -257,10 +265,11 @@ def install(client: Any, inbox: Inbox) -> None:
                         inbox.resume = resume
                         return
                     if fast and c._in_packet["command"] == 0:  # paho is between packets
+                        now = inbox.stamp()
                         buffered.take_publishes(inbox.add, PARSE_BATCH)
                         if buffered.received:
                             buffered.received = False
-                            c._last_bytes_received = time.monotonic()
+                            c._last_bytes_received = now
                         if inbox.full():
                             continue
                     if c.loop_read() or c._sock is not buffered or not buffered.pending():

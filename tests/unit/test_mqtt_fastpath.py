@@ -5,8 +5,10 @@ from __future__ import annotations
 import struct
 
 import paho.mqtt.client as paho_mqtt
+import pytest
 
-from adapters.mqtt.fastpath import BufferedSocket
+from adapters.mqtt import fastpath
+from adapters.mqtt.fastpath import BufferedSocket, Inbox
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
@@ -88,3 +90,29 @@ def test_paho_decodes_what_the_parser_builds() -> None:
         1,
         b"payload",
     )
+
+
+def test_inbox_bounds_pause_reading_and_take_resumes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "INBOX_MAX_MESSAGES", 4)
+    monkeypatch.setattr(fastpath, "INBOX_MAX_BYTES", 1 << 20)
+    inbox = Inbox(conn=None, subscription_of=lambda t: 0, commands={"alerts/ack"})
+    resumed: list[bool] = []
+    for i in range(4):
+        inbox.add(f"plant/a/b/s{i}", b"x" * 100, i + 1, 1)
+    inbox.add("alerts/ack", b"{}", 9, 1)  # commands go apart and do not count
+    assert inbox.full() and len(inbox.commands) == 1
+    inbox.resume = lambda: resumed.append(True)  # what the reader leaves when it pauses
+    batch = inbox.take(max_messages=10, max_bytes=250)  # cut by bytes: 3 x 100 >= 250
+    assert [m.mid for m in batch] == [1, 2, 3] and inbox.nbytes == 100
+    assert resumed == [True] and inbox.resume is None  # room again: reading resumes once
+    assert [m.mid for m in inbox.take(10, 1 << 20)] == [4] and inbox.nbytes == 0
+
+
+def test_inbox_messages_of_one_read_share_its_receive_time() -> None:
+    inbox = Inbox(conn="c", subscription_of=lambda t: 2, commands=set())
+    inbox.stamp()
+    inbox.add("plant/a/b/x", b"1", 1, 1)
+    inbox.add("plant/a/b/y", b"2", 2, 0)
+    a, b = inbox.messages
+    assert a.received == b.received and a.received_ns == b.received_ns
+    assert (a.subscription, a.conn, b.qos) == (2, "c", 0)
