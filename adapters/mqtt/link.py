@@ -27,6 +27,7 @@ from gateway.topics import filter_matches
 log = logging.getLogger("edge.mqtt")
 
 MAX_BATCH = 1000  # messages handed to the pipeline at once ...
+SUBSCRIPTION_CACHE_MAX = 65_536  # topics whose subscription index is remembered
 MAX_BATCH_BYTES = 256 << 10  # ... or this much payload: a batch is processed without a pause
 
 
@@ -64,6 +65,7 @@ class MqttLink:
         self._connected = asyncio.Event()
         self._filters = [s.topic for s in cfg.subscriptions]
         self._inbox: Inbox | None = None
+        self._sub_of: dict[str, int] = {}  # topic -> subscription index
 
     @property
     def connected(self) -> bool:
@@ -73,12 +75,16 @@ class MqttLink:
         await self._connected.wait()
 
     def _subscription_of(self, topic: str) -> int:
+        """Index of the first subscription whose filter matches; cached per topic."""
         if len(self._filters) == 1:
             return 0
-        for i, f in enumerate(self._filters):
-            if filter_matches(f, topic):
-                return i
-        return 0
+        i = self._sub_of.get(topic)
+        if i is None:
+            i = next((j for j, f in enumerate(self._filters) if filter_matches(f, topic)), 0)
+            if len(self._sub_of) >= SUBSCRIPTION_CACHE_MAX:
+                self._sub_of.clear()
+            self._sub_of[topic] = i
+        return i
 
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg
