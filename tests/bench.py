@@ -174,7 +174,7 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------ raw MQTT load generator
 
 
-def _varlen(n: int) -> bytes:
+def mqtt_varlen(n: int) -> bytes:
     out = bytearray()
     while True:
         n, b = divmod(n, 128)
@@ -201,7 +201,7 @@ def _mqtt_connect(host: str, port: int, client_id: str) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     cid = client_id.encode()
     body = b"\x00\x04MQTT\x04\x02\x00\x00" + struct.pack("!H", len(cid)) + cid
-    sock.sendall(b"\x10" + _varlen(len(body)) + body)
+    sock.sendall(b"\x10" + mqtt_varlen(len(body)) + body)
     ack = _recv_exact(sock, 4)
     if ack[0] != 0x20 or ack[3] != 0:
         raise ConnectionError(f"CONNACK refused: {ack!r}")
@@ -276,7 +276,7 @@ def generate(cfg: dict[str, Any]) -> dict[str, Any]:
                 )
             mid = msgs % 65535 + 1
             tp = topics[s]
-            out.append(b"\x32" + _varlen(len(tp) + 2 + len(payload)))
+            out.append(b"\x32" + mqtt_varlen(len(tp) + 2 + len(payload)))
             out.append(tp)
             out.append(mid.to_bytes(2, "big"))
             out.append(payload)

@@ -9,6 +9,7 @@ import pytest
 
 from adapters.mqtt import fastpath
 from adapters.mqtt.fastpath import BufferedSocket, Inbox
+from tests.bench import mqtt_varlen
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
@@ -16,13 +17,7 @@ def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
     if qos:
         body += struct.pack("!H", mid)
     body += payload
-    n, length = len(body), bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        length.append(b | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes([0x30 | (qos << 1)]) + bytes(length) + body
+    return bytes([0x30 | (qos << 1)]) + mqtt_varlen(len(body)) + body
 
 
 class FakeSocket:
