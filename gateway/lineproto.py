@@ -14,7 +14,7 @@ readings,equipment=press\ 1,line=line-1,sensor=temperature,source=mqtt,unit=cels
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from gateway.model import Reading, Score
 
@@ -74,6 +74,70 @@ class ReadingLines:
             else:
                 append(f"{prefix(r)}{r.value!r},z={z!r},anomaly={flag} {r.ts}")
         return "\n".join(parts).encode()
+
+
+def _unescape_split(head: bytes) -> list[str]:
+    """`k=v` pieces of an escaped tag section, unescaped (the slow path: a backslash)."""
+    pieces: list[str] = []
+    cur = bytearray()
+    i, n = 0, len(head)
+    while i < n:
+        c = head[i]
+        if c == 0x5C and i + 1 < n:  # backslash: the next byte is literal ("\n": newline)
+            nxt = head[i + 1]
+            cur.append(0x0A if nxt == 0x6E else nxt)
+            i += 2
+            continue
+        if c == 0x2C:  # unescaped comma
+            pieces.append(cur.decode("utf-8", "replace"))
+            cur = bytearray()
+        else:
+            cur.append(c)
+        i += 1
+    pieces.append(cur.decode("utf-8", "replace"))
+    return pieces
+
+
+def reading_keys(body: bytes) -> Iterator[tuple[str, str, int]]:
+    r"""(equipment, sensor, ts) of every `readings` line in a body `ReadingLines` built.
+
+    Used at start-up to rebuild the duplicate memory from the spool. Lines it cannot
+    read are skipped: the worst case is a redelivery stored twice, never a loss.
+
+    >>> from gateway.model import Reading, Score
+    >>> r = Reading("press 1", "t,c=x", 1.5, 17, "", {"line": "l 1"})
+    >>> body = ReadingLines().build([(r, Score(None, []))])
+    >>> list(reading_keys(body + b'\nalerts,equipment=x state="raised" 18'))
+    [('press 1', 't,c=x', 17)]
+    >>> list(reading_keys(b"readings,equipment=a,sensor=b value=1.0 42"))
+    [('a', 'b', 42)]
+    """
+    for line in body.split(b"\n"):
+        if not line.startswith(b"readings,"):
+            continue
+        sp = line.rfind(b" ")
+        try:
+            ts = int(line[sp + 1 :])
+        except ValueError:
+            continue
+        if b"\\" in line:
+            end = 0
+            while True:  # the first space that is not escaped ends the tags
+                end = line.find(b" ", end)
+                if end <= 0 or line[end - 1] != 0x5C:
+                    break
+                end += 1
+            pieces = _unescape_split(line[9:end])
+        else:
+            pieces = line[9 : line.find(b" ")].decode("utf-8", "replace").split(",")
+        eq = sn = None
+        for p in pieces:
+            if p.startswith("equipment="):
+                eq = p[10:]
+            elif p.startswith("sensor="):
+                sn = p[7:]
+        if eq is not None and sn is not None:
+            yield eq, sn, ts
 
 
 def alert_line(

@@ -39,6 +39,9 @@ Decisions:
   ``ts``, physical bounds (``out_of_range``), series cap (``series_limit``),
   ``duplicate``. Rejected readings register no series and no de-dup key.
 - Only readings whose ``ts`` came from the payload are de-duplicated.
+- A reading without a payload ``ts`` is stamped with the receive time, made unique
+  within its series (`SeriesRegistry.stamp`): a store that keeps one point per series
+  and timestamp (InfluxDB) keeps every value of a burst, in arrival order.
 - Reading.tags dicts are shared between readings (and messages) of one topic:
   read-only.
 """
@@ -550,8 +553,11 @@ class Normalizer:
             return self._reject(
                 rej, SERIES_LIMIT, f"new series {eq}/{sn} exceeds max_series", i, key
             )
-        if dedup and self.recent.seen_before((eq, sn, tns)):
-            return self._reject(rej, DUPLICATE, f"{eq}/{sn} at ts {tns} seen before", i, key)
+        if dedup:
+            if self.recent.seen_before((eq, sn, tns)):
+                return self._reject(rej, DUPLICATE, f"{eq}/{sn} at ts {tns} seen before", i, key)
+        else:  # receive time: unique within the series, or InfluxDB keeps only the last
+            tns = self.series.stamp(eq, sn, tns)
         out.append(Reading(eq, sn, fv, tns, unit, tags, self.source, self._received))
 
     def _lookup_bounds(

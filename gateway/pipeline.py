@@ -36,7 +36,7 @@ from gateway.backoff import Backoff
 from gateway.config import Settings
 from gateway.detect import Detectors, OfflineTracker, RuleSet
 from gateway.events import EventPath
-from gateway.lineproto import ReadingLines, alert_line
+from gateway.lineproto import ReadingLines, alert_line, reading_keys
 from gateway.metrics import Metrics
 from gateway.model import DEFECT_RATE, REJECT_REASONS, RawMessage, Reading, Reject, Score
 from gateway.normalize import Normalizer
@@ -49,7 +49,9 @@ T = TypeVar("T")
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
 PUBLISH_WINDOW = 128  # MQTT publishes awaiting their PUBACK at once
-RECENT_ALERTS = 1000  # alert transitions kept for GET /api/alerts?state=all
+RECENT_ALERTS = 1000
+SEGMENT_BYTES = 16 << 20  # spool segment files
+SEGMENT_MIN_BYTES = 64 << 10  # alert transitions kept for GET /api/alerts?state=all
 
 # Queue items; None in a queue means "stop after what came before".
 WriteItem = tuple[list[tuple[Reading, Score]], list[str], list[RawMessage]]  # + to ack
@@ -541,6 +543,10 @@ class Gateway:
                 lambda: (self.offline.snapshot(),),
                 lambda data: self.offline.restore(data, time.monotonic()),
             ),
+            "series.json": (
+                lambda: (self.normalizer.series.stamps_snapshot(),),
+                self.normalizer.series.restore_stamps,
+            ),
         }
 
     def restore_state(self) -> None:
@@ -591,7 +597,11 @@ class Gateway:
         from adapters.spool import Spool
 
         self.spool_dir = Path(self.settings.spool.dir)
-        spool = Spool(self.spool_dir / "spool", self.settings.spool.max_bytes)
+        max_bytes = self.settings.spool.max_bytes
+        # segments of at most 1/8 of the bound: the sent history kept (two segments)
+        # stays small beside it
+        segment = min(SEGMENT_BYTES, max(SEGMENT_MIN_BYTES, max_bytes // 8))
+        spool = Spool(self.spool_dir / "spool", max_bytes, segment_bytes=segment)
         try:
             rec = await self._in_spool_thread(spool.open)
         except OSError as e:
@@ -600,6 +610,7 @@ class Gateway:
                 "to a writable directory"
             ) from None
         self.spool = spool
+        await self._in_spool_thread(self._remember_spooled, spool)
         if rec.quarantined:
             self.metrics.spool_quarantined.inc(rec.quarantined)
         if rec.records:
@@ -609,6 +620,30 @@ class Gateway:
                 rec.records,
             )
         self._update_spool_metrics()
+
+    def _remember_spooled(self, spool: Spool) -> None:
+        """Seed the duplicate memory with the newest readings the spool holds or sent.
+
+        After a crash the broker redelivers QoS 1 messages that were durable here but
+        whose PUBACK never reached it; remembered, their readings are `duplicate`s
+        instead of being written twice. Runs before the broker connection opens.
+        """
+        recent = self.normalizer.recent
+        if not recent.capacity:
+            return
+        t0 = time.monotonic()
+        n = 0
+        for body in spool.recent_bodies(recent.capacity):
+            for key in reading_keys(body):
+                recent.seen_before(key)
+                n += 1
+        if n:
+            log.info(
+                "spool: %d recent readings remembered as seen (%.2f s), so redeliveries "
+                "are recognised",
+                n,
+                time.monotonic() - t0,
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain and return."""

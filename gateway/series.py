@@ -5,6 +5,10 @@
 (True, True)
 >>> reg.admit("press-2", "temperature"), reg.admit("press-1", "temperature"), reg.count
 (False, True, 2)
+>>> [reg.stamp("press-1", "temperature", 1_000_000) for _ in range(3)]  # one receive time
+[1000000, 1001000, 1002000]
+>>> reg.stamp("press-1", "temperature", 5_000_000), reg.stamp("press-1", "vibration", 1_000_000)
+(5000000, 1000000)
 >>> seen = RecentKeys(capacity=2)
 >>> [seen.seen_before(k) for k in ("a", "b", "a", "c", "a")]
 [False, False, True, False, False]
@@ -12,12 +16,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Final
+from collections.abc import Hashable, Iterable
+from typing import Any, Final
+
+import orjson
 
 # Keys are remembered by a 60-bit slice of their hash: 60 bits fit in a 32-byte
 # int object (a full 64-bit hash needs 36 bytes, rounded up to 48 by pymalloc).
 _MASK: Final = (1 << 60) - 1
+# A reading without a payload timestamp is stamped at least this much after the previous
+# one of its series: 1 µs, so it stays distinct in stores that keep µs (not only ns), and a
+# burst of 10,000 queued values shifts by 10 ms at most.
+STAMP_STEP_NS: Final = 1_000
 
 
 class SeriesRegistry:
@@ -28,11 +38,13 @@ class SeriesRegistry:
     plus a set slot (~30-60 B) per series; the name strings are the readings'.
     """
 
-    __slots__ = ("_known", "max_series")
+    __slots__ = ("_known", "_stamps", "max_series")
 
     def __init__(self, max_series: int) -> None:
         self.max_series = max_series
         self._known: set[tuple[str, str]] = set()
+        # series -> the last receive-time stamp given to one of its readings
+        self._stamps: dict[tuple[str, str], int] = {}
 
     def admit(self, equipment: str, sensor: str) -> bool:
         """True if the series is known or could be registered now."""
@@ -44,6 +56,38 @@ class SeriesRegistry:
             return False
         known.add(key)
         return True
+
+    def stamp(self, equipment: str, sensor: str, now_ns: int) -> int:
+        """A timestamp for a reading that carries none: `now_ns`, or just after the last one.
+
+        InfluxDB keeps one point per series and timestamp, so readings of one series that
+        share a receive time (a burst read from one socket read, a batch of bare values)
+        would overwrite each other. Each gets max(now_ns, previous + STAMP_STEP_NS): strictly
+        increasing per series, in arrival order. Call for admitted series only (bounded).
+        """
+        key = (equipment, sensor)
+        stamps = self._stamps
+        last = stamps.get(key, 0)
+        ts = now_ns if now_ns > last else last + STAMP_STEP_NS
+        stamps[key] = ts
+        return ts
+
+    def stamps_snapshot(self) -> bytes:
+        """The last stamp per series, for the state file (strictly later after a restart)."""
+        return orjson.dumps({"stamps": [[eq, sn, ts] for (eq, sn), ts in self._stamps.items()]})
+
+    def restore_stamps(self, data: bytes) -> None:
+        """Load `stamps_snapshot()` output; raises ValueError if it is not one."""
+        try:
+            rows: Iterable[Any] = orjson.loads(data)["stamps"]
+            loaded = {(str(eq), str(sn)): int(ts) for eq, sn, ts in rows}
+        except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"series stamps: {e}") from None
+        if len(loaded) > self.max_series:
+            loaded = dict(sorted(loaded.items(), key=lambda kv: kv[1])[-self.max_series :])
+        for key, ts in loaded.items():
+            if ts > self._stamps.get(key, 0):
+                self._stamps[key] = ts
 
     def __contains__(self, key: object) -> bool:
         return key in self._known

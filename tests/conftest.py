@@ -2,18 +2,25 @@
 
 Session fixtures (``mosquitto``, ``victoria``, ``influxdb1``) are shared by all tests of a
 session, so tests must use unique topics / metric labels / database names. Tests that
-kill or restart a server use the function-scoped ``fresh_*`` fixtures.
+kill or restart a server use the function-scoped ``fresh_*`` fixtures. ``store`` and
+``fresh_store`` run a test once per real store (VictoriaMetrics, InfluxDB 1.x), each
+InfluxDB run in a database of its own.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics, find_binary
+from tests.stores import Store, make_store
+
+# The stores every exactness test counts in (tests/stores.py says how each counts).
+STORES = ("victoria", "influxdb1")
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -81,3 +88,19 @@ def fresh_influxdb1() -> Iterator[InfluxDB1]:
     require_binary(InfluxDB1.binary)
     with InfluxDB1() as server:
         yield server
+
+
+def _db_name() -> str:
+    return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    """The session VictoriaMetrics or InfluxDB 1.x (a fresh database), as a `Store`."""
+    return make_store(request.getfixturevalue(request.param), _db_name())
+
+
+@pytest.fixture(params=STORES)
+def fresh_store(request: pytest.FixtureRequest) -> Store:
+    """A store of this test's own, free to stop and start, once per store kind."""
+    return make_store(request.getfixturevalue(f"fresh_{request.param}"), _db_name())

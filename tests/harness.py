@@ -118,6 +118,7 @@ class GatewayProcess:
     Arrays (e.g. ``[[mqtt.subscriptions]]``) replace the default: list every
     subscription wanted, including ``plant/+/+/+`` (see `DEFAULT_SUBSCRIPTION`).
     `env` adds environment variables; inherited ``EDGE_*`` variables are dropped.
+    `influx` sets ``[influx]`` keys (a store's `gateway_influx`, tests/stores.py).
     The constructor starts the process and waits until ``/readyz`` answers 200.
     """
 
@@ -137,6 +138,7 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         start: bool = True,
         ready_timeout: float = READY_TIMEOUT_S,
+        influx: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,7 @@ class GatewayProcess:
         self.ready_timeout = ready_timeout
         base: dict[str, Any] = {
             "mqtt": {"host": HOST, "port": int(mqtt_port), "client_id": self.client_id},
-            "influx": {"url": influx_url, "flush_interval_ms": 100},
+            "influx": {"url": influx_url, "flush_interval_ms": 100, **(influx or {})},
             "spool": {"dir": str(self.workdir / f"spool-{self.client_id}")},
             "http": {"host": HOST, "port": self.http_port},
             "log": {"level": "INFO"},
@@ -340,15 +342,23 @@ class Gateways:
     traceback in a log), so a test fixture can fail on them.
     """
 
-    def __init__(self, mqtt_port: int, influx_url: str, workdir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        mqtt_port: int,
+        influx_url: str,
+        workdir: str | os.PathLike[str],
+        influx: Mapping[str, Any] | None = None,
+    ) -> None:
         self.mqtt_port = mqtt_port
         self.influx_url = influx_url
+        self.influx = dict(influx or {})
         self.workdir = Path(workdir)
         self.procs: list[GatewayProcess] = []
 
     def __call__(self, extra_toml: str = "", **kw: Any) -> GatewayProcess:
         kw.setdefault("mqtt_port", self.mqtt_port)
         kw.setdefault("influx_url", self.influx_url)
+        kw.setdefault("influx", self.influx)
         gw = GatewayProcess(workdir=self.workdir, extra_toml=extra_toml, **kw)
         self.procs.append(gw)
         return gw

@@ -29,6 +29,7 @@ log = logging.getLogger("edge.mqtt")
 MAX_BATCH = 1000  # messages handed to the pipeline at once ...
 SUBSCRIPTION_CACHE_MAX = 65_536  # topics whose subscription index is remembered
 MAX_BATCH_BYTES = 256 << 10  # ... or this much payload: a batch is processed without a pause
+PENDING_CALLS_LOG_THRESHOLD = 1_000_000  # see _make_client: no per-publish warnings
 
 
 class NotConnected(Exception):
@@ -105,6 +106,10 @@ class MqttLink:
         # At-least-once: paho must not PUBACK a QoS 1 message on receipt (its
         # default); the pipeline acks once the message's readings are durable.
         client._client.manual_ack_set(True)
+        # aiomqtt logs a WARNING per publish call once more than 10 await their PUBACK:
+        # one line per message under an alert burst. The pipeline bounds what it has in
+        # flight itself and exports the backlog as edge_queue_depth{queue="publish"}.
+        client.pending_calls_threshold = PENDING_CALLS_LOG_THRESHOLD
         self._inbox = Inbox(client, self._subscription_of, set(self.command_topics))
         install(client, self._inbox)
         return client

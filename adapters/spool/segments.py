@@ -9,6 +9,12 @@ Records the sender has taken (in flight to the sink) are never dropped, so
 nothing is both written and counted as dropped; the bound can be exceeded by
 that one batch.
 
+Sent history: the segment before the one being written is kept after everything in it
+was sent, and at start-up the two newest segments are read back by `recent_bodies()`,
+so the pipeline can rebuild its duplicate memory after a crash (the broker redelivers
+what was durable here but not yet acknowledged). Disk use: pending records plus at
+most two segments of sent ones.
+
 Record layout: ``b"EGR1" | u32 length | u32 crc32(body) | u64 readings | body``.
 A segment whose records do not check out at start-up (torn write, bit rot,
 truncation) keeps its valid prefix (re-appended to a fresh segment) and is
@@ -83,6 +89,8 @@ class Spool:
         self._live: dict[int, int] = {}  # segment -> pending records in it
         self._released_since_cursor = 0
         self.cached_bytes = 0
+        self._idle: set[int] = set()  # segments on disk with nothing pending (history)
+        self._history: list[Record] = []  # records of the newest segments found at open
 
     # ------------------------------------------------------------ open/close
     def _path(self, seg: int) -> Path:
@@ -102,6 +110,7 @@ class Spool:
             int(p.name[4:-4]) for p in self.dir.glob("seg-*.log") if p.name[4:-4].isdigit()
         )
         salvage: list[tuple[bytes, int]] = []
+        newest = set(segs[-2:])
         for seg in segs:
             records, damaged = self._scan(seg)
             if damaged is not None:
@@ -112,6 +121,8 @@ class Spool:
                     if wanted(r):
                         salvage.append((self._read_body(r, corrupt), r.readings))
                 continue
+            if seg in newest:
+                self._history.extend(records)
             keep = [r for r in records if wanted(r)]
             rec.skipped_sent += len(records) - len(keep)
             if skip_from < skip_to:  # copy what precedes the dropped range (was in flight)
@@ -120,7 +131,10 @@ class Spool:
                         salvage.append((self._read_body(r, self._path(seg)), r.readings))
                 keep = [r for r in keep if (r.seg, r.offset) >= skip_to]
             if not keep:
-                self._path(seg).unlink(missing_ok=True)
+                if seg in newest:
+                    self._idle.add(seg)  # sent history, read by recent_bodies()
+                else:
+                    self._path(seg).unlink(missing_ok=True)
                 continue
             for r in keep:
                 self._track(r)
@@ -142,6 +156,26 @@ class Spool:
             self._fh.close()
             self._fh = None
         self._write_cursor()
+
+    def recent_bodies(self, max_readings: int) -> list[bytes]:
+        """Bodies of the newest records found at `open()` (sent or not), oldest first.
+
+        From the end back until they hold `max_readings` readings; once only (the
+        history is forgotten after the call).
+        """
+        out: list[bytes] = []
+        n = 0
+        for r in reversed(self._history):
+            if n >= max_readings:
+                break
+            try:
+                out.append(self._read_body(r, self._path(r.seg)))
+            except OSError:
+                break
+            n += r.readings
+        self._history = []
+        out.reverse()
+        return out
 
     # ----------------------------------------------------------------- write
     def append(self, body: bytes, readings: int) -> None:
@@ -202,17 +236,27 @@ class Spool:
         return out
 
     def release_many(self, records: list[Record]) -> None:
+        """Release a sent batch and move the cursor past it at once.
+
+        The cursor is written once per batch (no fsync: it survives a crash of the
+        process, not of the machine), so a restart resends nothing that was confirmed,
+        except a batch confirmed in the instant before the crash.
+        """
         for r in records:
-            self.release(r)
+            self._release(r)
+        self._write_cursor()
 
     def release(self, r: Record) -> None:
         """The sink has this record: forget it (and its segment once empty)."""
+        self._release(r)
+        self._write_cursor_if_due()
+
+    def _release(self, r: Record) -> None:
         if self._head < len(self.pending) and self.pending[self._head] is r:
             self._head += 1
             self._untrack(r)
             self._skip_gone()
             self._compact()
-            self._write_cursor_if_due(r)
 
     # --------------------------------------------------------------- private
     def _track(self, r: Record) -> None:
@@ -234,7 +278,14 @@ class Spool:
         else:
             del self._live[r.seg]
             if r.seg != self._seg:
-                self._path(r.seg).unlink(missing_ok=True)
+                self._idle.add(r.seg)
+                self._prune_idle()
+
+    def _prune_idle(self) -> None:
+        """Delete sent segments older than the one before the current (history kept)."""
+        for seg in [s for s in self._idle if s < self._seg - 1]:
+            self._idle.discard(seg)
+            self._path(seg).unlink(missing_ok=True)
 
     def _compact(self) -> None:
         if self._head > 1024 and self._head * 2 > len(self.pending):
@@ -272,8 +323,9 @@ class Spool:
             self.sync()
             self._fh.close()
             if self._seg not in self._live:
-                self._path(self._seg).unlink(missing_ok=True)
+                self._idle.add(self._seg)
             self._seg += 1
+            self._prune_idle()
         self._start_segment()
 
     def _read_body(self, r: Record, path: Path) -> bytes:
@@ -339,7 +391,7 @@ class Spool:
                 return f" {first.seg} {first.offset} {to[0]} {to[1]}"
         return ""
 
-    def _write_cursor_if_due(self, r: Record) -> None:
+    def _write_cursor_if_due(self) -> None:
         self._released_since_cursor += 1
         if self._released_since_cursor >= 16:
             self._write_cursor()

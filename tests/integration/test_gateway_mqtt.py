@@ -1,8 +1,10 @@
-"""The gateway end to end over MQTT: readings reach VictoriaMetrics exactly, garbage is
+"""The gateway end to end over MQTT: readings reach the store exactly, garbage is
 counted and dead-lettered without disturbing valid data.
 
-Every test runs its own `edge-gateway run` subprocess against the session broker and
-VictoriaMetrics, with equipment names unique to the test.
+Every test runs its own `edge-gateway run` subprocess against the session broker, with
+equipment names unique to the test. The exactness tests run once per real store
+(`store` fixture): VictoriaMetrics over the v2 write API, and InfluxDB 1.x over v1
+``/write``, which keeps one point per series and timestamp (tests/stores.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from tests.harness import GatewayProcess, Gateways, MqttProbe, uid
-from tests.servers import VictoriaMetrics
+from tests.stores import Store, by_sensor, wait_count
 
 SUBSCRIPTIONS = (
     GatewayProcess.DEFAULT_SUBSCRIPTION
@@ -31,25 +33,20 @@ template = "batch/{line}"
 )
 
 
-def exported(vm: VictoriaMetrics, metric: str, **labels: str) -> dict[str, list[tuple[int, float]]]:
-    """{sensor: sorted [(ts_ms, value)]} for every series of `metric` matching `labels`."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for s in vm.export(vm.selector(metric, **labels)):
-        pts = list(zip(s["timestamps"], s["values"], strict=True))
-        out.setdefault(s["metric"]["sensor"], []).extend(pts)
-    return {k: sorted(v) for k, v in out.items()}
+def exported(store: Store, field: str = "value", **tags: str) -> dict[str, list[tuple[int, float]]]:
+    """{sensor: sorted [(ts_ms, value)]} of every point of `field` matching `tags`."""
+    return by_sensor(store.points(field, **tags))
 
 
 def wait_stored(
-    vm: VictoriaMetrics, gw: GatewayProcess, n: int, total: int | None = None, **labels: str
+    store: Store, gw: GatewayProcess, n: int, total: int | None = None, **tags: str
 ) -> None:
-    """Wait until VM holds `n` readings_value samples for `labels`, then demand exactly n,
-    and that the gateway counts exactly `total` (default n) readings received and written."""
+    """Wait until the store keeps `n` points for `tags`, then demand exactly n, and that
+    the gateway counts exactly `total` (default n) readings received and written."""
     total = n if total is None else total
-    match = vm.selector("readings_value", **labels)
-    vm.wait_for_count(match, n, timeout=15)
+    wait_count(store, n, **tags)
     gw.wait_metric("edge_readings_written_total", lambda v: v >= total)
-    assert vm.count(match) == n
+    assert store.count(**tags) == n
     assert gw.metric("edge_readings_received_total", source="mqtt") == total
     assert gw.metric("edge_readings_written_total") == total
 
@@ -65,9 +62,9 @@ def iso(ms: int, offset_h: int = 0) -> str:
 
 
 def test_json_readings_stored_exactly_for_every_timestamp_form(
-    spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics
+    spawn_store: Gateways, probe: MqttProbe, store: Store
 ) -> None:
-    gw = spawn()
+    gw = spawn_store()
     eq = uid("ts-eq")
     base_s = int(time.time()) - 120  # current: VM drops points outside retention
     per_case = 3
@@ -86,7 +83,7 @@ def test_json_readings_stored_exactly_for_every_timestamp_form(
         cases.setdefault("epoch_ms", []).append(({"value": v + 4, "ts": ms}, ms, v + 4))
         us = ms * 1000 + 456
         cases.setdefault("epoch_us", []).append(({"value": v + 5, "ts": us}, ms, v + 5))
-        ns = ms * 1_000_000 + 999_999  # VM floors ns to ms
+        ns = ms * 1_000_000 + 999_999  # compared in ms: VM floors ns to ms
         cases.setdefault("epoch_ns", []).append(({"value": v + 6, "ts": ns}, ms, v + 6))
         cases.setdefault("iso_string_epoch", []).append(
             ({"value": v + 7, "ts": str(ms)}, ms, v + 7)
@@ -100,36 +97,36 @@ def test_json_readings_stored_exactly_for_every_timestamp_form(
     probe.publish(f"plant/line-1/{eq}/no_ts", {"value": 1.5, "unit": "bar"})
     probe.publish(f"plant/line-1/{eq}/no_ts", 2.5)  # bare number: no unit tag either
     total = len(cases) * per_case + 2
-    wait_stored(victoria, gw, total, equipment=eq)
+    wait_stored(store, gw, total, equipment=eq)
     t1_ms = time.time_ns() // 1_000_000
 
-    got = exported(victoria, "readings_value", equipment=eq)
+    got = exported(store, equipment=eq)
     for sensor, items in cases.items():
         assert got[sensor] == [(ms, v) for _, ms, v in items], sensor
     no_ts = got.pop("no_ts")
     assert sorted(v for _, v in no_ts) == [1.5, 2.5]
     assert all(t0_ms <= ts <= t1_ms for ts, _ in no_ts), (t0_ms, no_ts, t1_ms)
 
-    labels = {
-        (s["metric"]["sensor"], s["metric"].get("unit")): s["metric"]
-        for s in victoria.export(victoria.selector("readings_value", equipment=eq))
-    }
-    common = {"__name__": "readings_value", "equipment": eq, "line": "line-1", "source": "mqtt"}
+    if store.kind == "influxdb1":  # keeps ns: exactly what was sent
+        ns_pts = {p.ts_ns for p in store.points(equipment=eq, sensor="epoch_ns")}
+        assert ns_pts == {ms * 1_000_000 + 999_999 for _, ms, _ in cases["epoch_ns"]}
+    labels = {(p.tags["sensor"], p.tags.get("unit")): p.tags for p in store.points(equipment=eq)}
+    common = {"equipment": eq, "line": "line-1", "source": "mqtt"}
     assert labels[("epoch_ns", "celsius")] == {**common, "sensor": "epoch_ns", "unit": "celsius"}
     assert labels[("no_ts", "bar")] == {**common, "sensor": "no_ts", "unit": "bar"}
     assert labels[("no_ts", None)] == {**common, "sensor": "no_ts"}
     assert len(labels) == len(cases) + 2  # one series per sensor (and unit), no strays
     # before warm-up there is no z, and nothing is anomalous
-    assert victoria.count(victoria.selector("readings_z", equipment=eq)) == 0
-    anomaly = exported(victoria, "readings_anomaly", equipment=eq)
+    assert store.points("z", equipment=eq) == []
+    anomaly = exported(store, "anomaly", equipment=eq)
     assert sum(len(v) for v in anomaly.values()) == total
     assert {v for pts in anomaly.values() for _, v in pts} == {0.0}
 
 
 def test_batch_array_with_per_item_overrides(
-    spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics
+    spawn_store: Gateways, probe: MqttProbe, store: Store
 ) -> None:
-    gw = spawn()
+    gw = spawn_store()
     eq, other = uid("batch-eq"), uid("batch-other")
     base_ms = (int(time.time()) - 60) * 1000
     expected: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
@@ -147,19 +144,17 @@ def test_batch_array_with_per_item_overrides(
         expected.setdefault((eq, "temperature", "line-2", ""), []).append((ms, 1.0 + i))
         expected.setdefault((eq, "pressure", "line-2", "bar"), []).append((ms, 2.0 + i))
         expected.setdefault((other, "temperature", "line-9", ""), []).append((ms, 3.0 + i))
-    wait_stored(victoria, gw, 3 * n_msgs, total=4 * n_msgs, equipment=eq)
-    assert (
-        victoria.wait_for_count(victoria.selector("readings_value", equipment=other), 1) == n_msgs
-    )
+    wait_stored(store, gw, 3 * n_msgs, total=4 * n_msgs, equipment=eq)
+    assert wait_count(store, n_msgs, equipment=other) == n_msgs
     t1_ms = time.time_ns() // 1_000_000
 
     got: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
     for e in (eq, other):
-        for s in victoria.export(victoria.selector("readings_value", equipment=e)):
-            m = s["metric"]
+        for p in store.points(equipment=e):
+            m = p.tags
             assert m["source"] == "mqtt"
             key = (m["equipment"], m["sensor"], m["line"], m.get("unit", ""))
-            got.setdefault(key, []).extend(zip(s["timestamps"], s["values"], strict=True))
+            got.setdefault(key, []).append((p.ts_ms, p.value))
     got = {k: sorted(v) for k, v in got.items()}
     bare = sorted(got[(eq, "temperature", "line-2", "")])
     received = [p for p in bare if p not in expected[(eq, "temperature", "line-2", "")]]
@@ -171,9 +166,9 @@ def test_batch_array_with_per_item_overrides(
 
 
 def test_fields_format_one_reading_per_field(
-    spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics
+    spawn_store: Gateways, probe: MqttProbe, store: Store
 ) -> None:
-    gw = spawn(SUBSCRIPTIONS)
+    gw = spawn_store(SUBSCRIPTIONS)
     eq = uid("fields-eq")
     base_ms = (int(time.time()) - 60) * 1000
     expected: dict[str, list[tuple[int, float]]] = {}
@@ -199,25 +194,65 @@ def test_fields_format_one_reading_per_field(
     expected["temperature"].append((ms, 80.5))
     expected["rpm"].append((ms + 1, 1600.0))
     units = {"temperature": "celsius", "vibration": "mm_s"}  # rpm has none
-    wait_stored(victoria, gw, 17, equipment=eq)
-    assert exported(victoria, "readings_value", equipment=eq) == expected
-    for s in victoria.export(victoria.selector("readings_value", equipment=eq)):
-        m = s["metric"]
-        want = {"__name__": "readings_value", "equipment": eq, "sensor": m["sensor"]}
+    wait_stored(store, gw, 17, equipment=eq)
+    assert exported(store, equipment=eq) == expected
+    for p in store.points(equipment=eq):
+        m = p.tags
+        want = {"equipment": eq, "sensor": m["sensor"]}
         want |= {"line": "line-3", "source": "mqtt"}
         if m["sensor"] in units:
             want["unit"] = units[m["sensor"]]
         assert m == want
 
 
+def test_burst_without_timestamps_keeps_every_reading_in_order(
+    spawn_store: Gateways, probe: MqttProbe, store: Store
+) -> None:
+    """Bare values with no ts, sent back to back, share a receive time per socket read;
+    each must still be its own point (InfluxDB overwrote all but 7 of 200 once)."""
+    gw = spawn_store(SUBSCRIPTIONS)
+    line = uid("burst-line")
+    burst, arr, fields = uid("burst"), uid("burst-arr"), uid("burst-fields")
+    infos = [
+        probe.client.publish(f"plant/{line}/{burst}/temperature", str(21 + i), qos=1)
+        for i in range(200)
+    ]
+    infos.append(
+        probe.client.publish(
+            f"plant/{line}/{arr}/temperature",
+            json.dumps([{"value": i} for i in range(50)]),
+            qos=1,
+        )
+    )
+    for i in range(30):
+        doc = {"temperature": 70 + i, "vibration": i / 10, "rpm": 1500 + i}
+        infos.append(probe.client.publish(f"fields/{line}/{fields}", json.dumps(doc), qos=1))
+    for info in infos:
+        info.wait_for_publish(5)
+    wait_stored(store, gw, 340, line=line)
+    assert store.count(equipment=burst) == 200
+    assert store.count(equipment=arr) == 50
+    assert store.count(equipment=fields) == 90
+    # in arrival order: sorted by time, the values come out as they were sent
+    assert [v for _, v in exported(store, equipment=burst)["temperature"]] == [
+        float(21 + i) for i in range(200)
+    ]
+    assert [v for _, v in exported(store, equipment=arr)["temperature"]] == [
+        float(i) for i in range(50)
+    ]
+    got = exported(store, equipment=fields)
+    assert [v for _, v in got["rpm"]] == [float(1500 + i) for i in range(30)]
+    assert [v for _, v in got["vibration"]] == [i / 10 for i in range(30)]
+
+
 # --------------------------------------------------------------------- garbage
 
 
 def test_garbage_is_counted_dead_lettered_and_valid_data_survives(
-    spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics
+    spawn_store: Gateways, probe: MqttProbe, store: Store
 ) -> None:
     eq, eq_batch, eq_flood = uid("junk-eq"), uid("junk-batch"), uid("junk-flood")
-    gw = spawn(
+    gw = spawn_store(
         SUBSCRIPTIONS
         + f"""
 [mqtt]
@@ -295,13 +330,13 @@ max = 100.0
     expected["series_limit"] += flood - admitted
     n_valid = len(valid_values) + 1 + 1 + 1 + admitted  # + batch, pressure, dup original
 
-    wait_stored(victoria, gw, n_valid, line=line)  # every equipment of this test
-    assert victoria.count(victoria.selector("readings_value", equipment=eq_flood)) == admitted
-    got = exported(victoria, "readings_value", equipment=eq)
+    wait_stored(store, gw, n_valid, line=line)  # every equipment of this test
+    assert store.count(equipment=eq_flood) == admitted
+    got = exported(store, equipment=eq)
     assert sorted(v for _, v in got["temperature"]) == sorted([*valid_values, 7.0])
     assert got["pressure"][0][1] == 50.0 and len(got["pressure"]) == 1
     assert (dup_ms, 7.0) in got["temperature"]
-    assert victoria.count(victoria.selector("readings_value", equipment=eq_batch)) == 1
+    assert store.count(equipment=eq_batch) == 1
 
     n_rejects = sum(expected.values())
     dead = probe.wait_for(gw.deadletter_topic, count=n_rejects)

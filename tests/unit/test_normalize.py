@@ -652,3 +652,61 @@ def test_random_bytes_never_raise() -> None:
         outcomes["reject"] += len(rejects)
     assert n.internal_errors == 0
     assert outcomes["reading"] > 100 and outcomes["reject"] > 1000  # both paths exercised
+
+
+# -- receive-time stamps: unique per series (InfluxDB keeps one point per ts) ----------
+
+
+def test_readings_without_ts_get_strictly_increasing_stamps_per_series() -> None:
+    from gateway.series import STAMP_STEP_NS
+
+    n = make()
+    got: list[int] = []
+    for v in range(200):  # 200 bare numbers read in one socket read: one receive time
+        readings, _ = run(n, 21 + v)
+        got.extend(r.ts for r in readings)
+    assert got == [NOW + i * STAMP_STEP_NS for i in range(200)]
+    batch, _ = run(n, [{"value": i} for i in range(50)], topic="plant/l/press-1/pressure")
+    assert [r.ts for r in batch] == [NOW + i * STAMP_STEP_NS for i in range(50)]
+    assert [r.value for r in batch] == [float(i) for i in range(50)]  # order kept
+
+
+def test_fields_without_ts_are_unique_per_series_not_across_series() -> None:
+    n = make([Subscription(topic="f/+/+", template="f/{line}/{equipment}", format="fields")])
+    stamps: dict[str, list[int]] = {}
+    for i in range(30):
+        readings, _ = run(n, {"t": i, "p": i, "v": i}, topic="f/l/press-1")
+        for r in readings:
+            stamps.setdefault(r.sensor, []).append(r.ts)
+    for sensor in ("t", "p", "v"):
+        assert len(set(stamps[sensor])) == 30, sensor
+        assert stamps[sensor] == sorted(stamps[sensor])
+        assert stamps[sensor][0] == NOW  # each series starts at the receive time itself
+
+
+def test_payload_timestamps_are_kept_exactly_and_not_bumped() -> None:
+    n = make()
+    a, _ = run(n, {"value": 1, "ts": NOW_S})
+    b, _ = run(n, {"value": 2, "ts": NOW_S + 1})
+    assert [a[0].ts, b[0].ts] == [NOW, NOW + 10**9]
+
+
+def test_a_later_receive_time_is_taken_as_is() -> None:
+    n = make()
+    first, _ = run(n, 1.0)
+    later, _ = run(n, 2.0, received_ns=NOW + 5_000_000)
+    assert (first[0].ts, later[0].ts) == (NOW, NOW + 5_000_000)
+
+
+def test_stamps_survive_a_restart_through_the_snapshot() -> None:
+    n = make()
+    run(n, 1.0)
+    run(n, 2.0)
+    again = make()
+    again.series.restore_stamps(n.series.stamps_snapshot())
+    readings, _ = run(again, 3.0)  # same clock reading as before the "restart"
+    assert readings[0].ts > NOW
+    with pytest.raises(ValueError):
+        again.series.restore_stamps(b"{not json")
+    with pytest.raises(ValueError):
+        again.series.restore_stamps(b'{"stamps": [[1]]}')

@@ -39,7 +39,8 @@ def test_records_come_back_in_order_and_release_frees_segments(tmp_path: Path) -
     assert len(list(tmp_path.glob("seg-*.log"))) > 3
     assert _drain(sp) == [b"line %d" % i for i in range(20)]
     assert sp.pending_readings == 0 and sp.pending_bytes == 0
-    assert len(list(tmp_path.glob("seg-*.log"))) == 1  # only the active one is left
+    # the active segment and the sent one before it (history for duplicate memory)
+    assert len(list(tmp_path.glob("seg-*.log"))) == 2
 
 
 def test_unsent_records_survive_a_restart_and_sent_ones_are_skipped(tmp_path: Path) -> None:
@@ -143,3 +144,35 @@ def test_memory_cache_is_bounded_and_the_rest_is_read_from_disk(
     assert sp.cached_bytes == 0
     sp.append(b"after", 1)  # released bytes free the cache again
     assert sp.peek(1)[0].body == b"after"
+
+
+def test_recent_bodies_after_a_crash_hold_the_newest_sent_and_unsent_records(
+    tmp_path: Path,
+) -> None:
+    sp = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=200)  # 9 records a segment
+    sp.open()
+    for i in range(40):
+        sp.append(b"r%02d" % i, 2)
+    sp.sync()
+    sp.release_many([r for r, _ in sp.take(60)])  # 30 records sent, 10 pending
+    # no close(): a SIGKILL. The cursor moved with the released batch.
+    again = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=200)
+    rec = again.open()
+    assert rec.records == 10  # nothing confirmed is sent again
+    recent = again.recent_bodies(max_readings=12)
+    assert recent == [b"r%02d" % i for i in range(34, 40)]  # 6 records of 2 readings
+    assert again.recent_bodies(12) == []  # once only
+    # old sent segments are gone: pending + at most two segments of history on disk
+    segs = sorted(tmp_path.glob("seg-*.log"))
+    kept = sum(p.stat().st_size for p in segs)
+    assert len(segs) == 3  # the two newest of the last run, the new one
+    assert kept <= 2 * (200 + 23)
+
+
+def test_history_segments_are_pruned_as_new_ones_fill(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=100)
+    sp.open()
+    for i in range(200):
+        sp.append(b"line %03d" % i, 1)
+        sp.release_many([r for r, _ in sp.take(10)])
+    assert len(list(tmp_path.glob("seg-*.log"))) == 2
