@@ -314,3 +314,35 @@ def test_acknowledge_by_command_and_unknown_ids_counted(
     # acks are commands, not readings
     assert gw.metric("edge_readings_rejected_total") == 0
     assert gw.metric("edge_readings_received_total") == 1
+
+
+# ------------------------------------------------------------------ alert burst
+
+
+def test_alert_burst_is_published_without_a_log_line_per_message(
+    spawn: Gateways, probe: MqttProbe
+) -> None:
+    """300 threshold alerts at once: ~900 publishes. aiomqtt used to log a WARNING for
+    each publish call past 10 in flight; the log must stay one line per state change."""
+    line = uid("burst")
+    gw = spawn(f'[[rules]]\nline = "{line}"\nsensor = "temperature"\nhigh = 100.0\n')
+    probe.subscribe("alerts/events/+/temperature")
+    ts_ms = (int(time.time()) - 60) * 1000
+    n = 300
+    infos = [
+        probe.client.publish(
+            f"plant/{line}/{line}-eq{i:03d}/temperature",
+            f'{{"value": 150.0, "ts": {ts_ms}}}'.encode(),
+            qos=1,
+        )
+        for i in range(n)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    mine = lambda m: m.topic.startswith(f"alerts/events/{line}-eq")  # noqa: E731
+    got = probe.wait_for(mine, count=n, timeout=20)
+    assert {m.json()["state"] for m in got} == {"raised"}
+    assert len({m.topic for m in got}) == n
+    lines = [x for x in gw.log_text().splitlines() if x.strip()]
+    assert not [x for x in lines if "pending publish" in x]
+    assert len(lines) < 20, "\n".join(lines[-30:])
