@@ -246,19 +246,27 @@ class GatewayProcess:
                 out.setdefault(s.name, []).append(Sample(dict(s.labels), float(s.value)))
         return out
 
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples named `name` whose labels include `labels` (0.0 if none).
+    def metric(self, name: str, *, absent_ok: bool = False, **labels: str) -> float:
+        """Sum of the samples named `name` whose labels include `labels`.
 
-        Raises KeyError for a name the gateway does not export at all.
+        Raises KeyError for a name the gateway does not export, for a label name none
+        of its samples has (a misspelled label must not read as 0), and for label values
+        no sample has, unless `absent_ok` (a labelled counter not incremented yet: 0.0).
         """
         samples = self.metrics()
         if name not in samples:
             raise KeyError(f"metric {name!r} not exported; known: {sorted(samples)}")
-        return sum(
-            s.value
-            for s in samples[name]
-            if all(s.labels.get(k) == str(v) for k, v in labels.items())
-        )
+        if not labels:
+            return sum(s.value for s in samples[name])
+        known = {k for s in samples[name] for k in s.labels}
+        unknown = set(labels) - known
+        if unknown and (samples[name] or not absent_ok):
+            raise KeyError(f"metric {name!r} has no label {sorted(unknown)}; has {sorted(known)}")
+        want = {k: str(v) for k, v in labels.items()}
+        matching = [s for s in samples[name] if all(s.labels.get(k) == v for k, v in want.items())]
+        if not matching and not absent_ok:
+            raise KeyError(f"metric {name!r} has no sample with {want}")
+        return sum(s.value for s in matching)
 
     def wait_metric(
         self,
@@ -267,11 +275,19 @@ class GatewayProcess:
         timeout: float = 10.0,
         **labels: str,
     ) -> float:
-        """Poll `metric(name, **labels)` until `predicate(value)`; return the value."""
+        """Poll `metric(name, **labels)` until `predicate(value)`; return the value.
+
+        A labelled sample that does not exist yet is waited for (KeyError until then).
+        """
         deadline = time.monotonic() + timeout
         while True:
-            v = self.metric(name, **labels)
-            if predicate(v):
+            try:
+                v: float | None = self.metric(name, **labels)
+            except KeyError:
+                if name not in self.metrics():
+                    raise
+                v = None
+            if v is not None and predicate(v):
                 return v
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name}{labels} = {v} after {timeout}s")
