@@ -18,11 +18,18 @@ from tests.harness import GatewayProcess, Gateways, Message, MqttProbe, uid
 from tests.servers import Mosquitto, VictoriaMetrics
 
 
-def retained(port: int, topic_filter: str, settle: float = 0.5) -> list[Message]:
-    """What a subscriber arriving now gets for `topic_filter` (retained messages)."""
-    with MqttProbe(port, [topic_filter]) as late:
-        time.sleep(settle)
-        return late.messages()
+def retained(port: int, topic_filter: str) -> list[Message]:
+    """What a subscriber arriving now gets for `topic_filter` (retained messages).
+
+    The broker queues the retained messages of a SUBSCRIBE before it handles a PUBLISH
+    the same client sends after the SUBACK: a sentinel published then, arriving back,
+    marks the end of them (no sleep that a slow broker could outrun).
+    """
+    sentinel = f"test/sentinel/{uuid.uuid4().hex}"
+    with MqttProbe(port, [topic_filter, sentinel]) as late:
+        late.publish(sentinel, b"end")
+        late.wait_for(sentinel)
+        return [m for m in late.messages() if m.topic != sentinel]
 
 
 def events(probe: MqttProbe, eq: str, sensor: str = "+") -> list[dict[str, Any]]:
@@ -33,10 +40,18 @@ def statuses(probe: MqttProbe, eq: str) -> list[str]:
     return [m.json()["status"] for m in probe.messages(f"status/{eq}")]
 
 
-def settle(gw: GatewayProcess, received: int) -> None:
-    """Wait until the gateway processed `received` readings, and a little for publishes."""
+def settle(gw: GatewayProcess, probe: MqttProbe, received: int) -> None:
+    """Wait until the gateway processed `received` readings and published all they caused.
+
+    The marker: one malformed message after them. Its dead letter leaves through the
+    same in-order publish queue as alerts and status, after what the earlier readings
+    raised (they were processed, and their transitions queued, in an earlier batch).
+    """
     gw.wait_metric("edge_readings_received_total", lambda v: v >= received, source="mqtt")
-    time.sleep(0.3)
+    marker = uid("marker")
+    probe.subscribe(gw.deadletter_topic)
+    probe.publish(f"plant/marker/{marker}/x", b"marker, not JSON")
+    probe.wait_for(lambda m: m.topic == gw.deadletter_topic and marker.encode() in m.payload)
 
 
 # ---------------------------------------------------------------------- zscore
@@ -71,7 +86,7 @@ def test_zscore_spike_raises_one_alert_per_band_then_clears(
     for sensor in BANDS:
         for v in learned:
             send(sensor, v)
-    settle(gw, 3 * len(learned))
+    settle(gw, probe, 3 * len(learned))
     assert events(probe, eq) == []
     assert statuses(probe, eq) == ["online"]
 
@@ -79,7 +94,7 @@ def test_zscore_spike_raises_one_alert_per_band_then_clears(
     for sensor, v in spikes.items():
         send(sensor, v)
     raised = probe.wait_for(f"alerts/events/{eq}/+", count=3)
-    settle(gw, 3 * (len(learned) + 1))
+    settle(gw, probe, 3 * (len(learned) + 1))
     assert len(events(probe, eq)) == 3
     by_sensor = {m.json()["sensor"]: m.json() for m in raised}
     for sensor, (k, severity) in BANDS.items():
@@ -115,14 +130,14 @@ def test_zscore_spike_raises_one_alert_per_band_then_clears(
     for _ in range(4):
         for sensor in BANDS:
             send(sensor, mean)
-    settle(gw, 3 * (len(learned) + 5))
+    settle(gw, probe, 3 * (len(learned) + 5))
     assert [e["state"] for e in events(probe, eq)] == ["raised"] * 3
     # ... the fifth clears every alert, once
     for sensor in BANDS:
         send(sensor, mean)
     probe.wait_for(f"alerts/events/{eq}/+", count=6)
     probe.wait_for(lambda m: m.topic == f"status/{eq}" and b'"online"' in m.payload, count=2)
-    settle(gw, 3 * (len(learned) + 6))
+    settle(gw, probe, 3 * (len(learned) + 6))
     evs = events(probe, eq)
     for sensor in BANDS:
         mine = [e for e in evs if e["sensor"] == sensor]
@@ -215,7 +230,7 @@ def test_threshold_rule_breach_escalation_and_clear(
         ("threshold_high", "cleared", "critical", 50.0, 100.0),
     ]
     probe.wait_for(f"alerts/events/{eq}/temperature", count=len(expected))
-    settle(gw, len(values))
+    settle(gw, probe, len(values))
     evs = events(probe, eq)
     assert [(e["kind"], e["state"], e["severity"], e["value"], e["threshold"]) for e in evs] == (
         expected
@@ -252,7 +267,9 @@ def test_offline_after_silence_and_back_online(
     probe.wait_for(f"status/{eq}")
     [raised] = probe.wait_for(f"alerts/events/{eq}/#", timeout=6)
     silent = time.monotonic() - t_last
-    assert 1.9 <= silent < 5.0  # 2 s, checked by a 1 s tick
+    # not before offline_after_s (the property); how late it may come is bounded by the
+    # wait above (6 s), not asserted: the 1 s tick on a loaded machine is no deadline
+    assert silent >= 1.9
     ev = raised.json()
     assert raised.topic == f"alerts/events/{eq}/*"
     assert (ev["kind"], ev["sensor"], ev["state"]) == ("offline", "*", "raised")
@@ -308,11 +325,11 @@ def test_acknowledge_by_command_and_unknown_ids_counted(
     probe.publish("alerts/ack", b"not json")
     probe.publish("alerts/ack", {"by": "op"})  # no id
     gw.wait_metric("edge_alert_acks_rejected_total", lambda v: v == 4)
-    time.sleep(0.3)
+    settle(gw, probe, 1)  # anything the rejected acks published would be out by now
     assert len(events(probe, eq)) == 2
     assert gw.metric("edge_alerts_total", state="acknowledged") == 1
-    # acks are commands, not readings
-    assert gw.metric("edge_readings_rejected_total") == 0
+    # acks are commands, not readings (the one reject is settle's marker)
+    assert gw.metric("edge_readings_rejected_total") == 1
     assert gw.metric("edge_readings_received_total") == 1
 
 

@@ -72,18 +72,23 @@ def test_unclosed_spool_keeps_everything_synced(tmp_path: Path) -> None:
 
 
 def test_bound_drops_oldest_and_counts_readings(tmp_path: Path) -> None:
-    body = b"y" * 1000
+    bodies = [b"%03d" % i + b"y" * 997 for i in range(30)]  # told apart by their number
     sp = Spool(tmp_path, max_bytes=10_000, segment_bytes=4096)
     sp.open()
-    for _ in range(30):
+    for body in bodies:
         sp.append(body, 7)
     sp.sync()
     kept = len(sp.peek(1000))
     assert sp.pending_bytes <= 10_000
-    assert kept + sp.dropped_readings // 7 == 30
-    assert sp.dropped_readings == (30 - kept) * 7 > 0
-    # the survivors are the newest ones, still readable
-    assert all(b == body for b in _bodies(sp))
+    assert 0 < kept < 30
+    assert sp.dropped_readings == (30 - kept) * 7
+    # the survivors are the newest ones, in order, still readable
+    assert _bodies(sp) == bodies[30 - kept :]
+    # and after a reopen the dropped ones stay dropped
+    sp.close()
+    again = Spool(tmp_path, max_bytes=10_000, segment_bytes=4096)
+    again.open()
+    assert _bodies(again) == bodies[30 - kept :]
 
 
 def test_damaged_segment_is_quarantined_and_the_rest_kept(tmp_path: Path) -> None:
