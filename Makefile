@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap test lint typecheck fmt demo bench clean distclean
+.PHONY: bootstrap test lint typecheck fmt demo bench bench-detect clean distclean
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -28,6 +28,10 @@ demo: bootstrap
 
 bench: bootstrap
 	$(PY) -m tests.bench
+
+# detection quality on real labelled pump data (../shared/data/skab), through a real gateway
+bench-detect: bootstrap
+	$(PY) -m tests.bench_detect
 
 clean:
 	rm -rf build dist .demo *.egg-info .pytest_cache .ruff_cache .mypy_cache
