@@ -253,6 +253,9 @@ class GatewayProcess:
         of its samples has (a misspelled label must not read as 0), and for label values
         no sample has, unless `absent_ok` (a labelled counter not incremented yet: 0.0).
         """
+        return self._metric(name, labels, absent_ok)
+
+    def _metric(self, name: str, labels: Mapping[str, str], absent_ok: bool) -> float:
         samples = self.metrics()
         if name not in samples:
             raise KeyError(f"metric {name!r} not exported; known: {sorted(samples)}")
@@ -282,7 +285,7 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                v: float | None = self.metric(name, **labels)
+                v: float | None = self._metric(name, labels, False)
             except KeyError:
                 if name not in self.metrics():
                     raise
