@@ -1,21 +1,32 @@
 """The small interfaces between the pipeline and its I/O edges.
 
 Sources push `RawMessage`s into a callback; sinks take one line-protocol body
-at a time and raise `SinkError` saying whether a retry makes sense. The pure
-core (normalize, detect, alerts) never imports this package.
+at a time and raise `SinkError` saying whether a retry makes sense; the broker
+link publishes (raising `NotConnected` while the broker is away) and
+acknowledges; the spool keeps batches durable until the sink has them. The
+daemon (`gateway.daemon`) knows the adapters only through these; the
+composition root (`gateway.app`) builds the concrete ones. The pure core
+(`gateway.core`) never imports this package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-from gateway.model import RawMessage
+from gateway.core.model import RawMessage
 
 # Called by a source with a batch of raw messages; awaiting it applies backpressure.
 Deliver = Callable[[list[RawMessage]], Awaitable[None]]
 # Called by a source when its connection state changes.
 OnState = Callable[[bool], None]
+# Called by the broker link for a message on a command topic (alerts/ack, ...).
+OnCommand = Callable[[str, bytes], None]
+
+
+class NotConnected(Exception):
+    """Publishing while the broker is away; retry after reconnect."""
 
 
 class SinkError(Exception):
@@ -48,3 +59,67 @@ class Source(Protocol):
 
     async def run(self, deliver: Deliver) -> None:
         """Connect, reconnect with backoff, deliver messages; return only when cancelled."""
+
+
+class BrokerLink(Protocol):
+    """The MQTT side: a source of raw messages that also publishes and acknowledges."""
+
+    max_batch: int  # messages handed to `deliver` at once, at most
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self) -> None: ...
+
+    async def run(self, deliver: Deliver, on_command: OnCommand | None = None) -> None:
+        """Connect, subscribe, deliver; reconnect until cancelled."""
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; NotConnected if away."""
+
+    def ack(self, messages: list[RawMessage]) -> int:
+        """Acknowledge messages now durable; returns how many were acknowledged."""
+
+    async def goodbye(self) -> None:
+        """Say offline before a clean disconnect."""
+
+
+class SpoolRecord(Protocol):
+    readings: int
+
+
+class SpoolRecovery(Protocol):
+    records: int
+    readings: int
+    quarantined: int
+
+
+class DurableSpool(Protocol):
+    """Batches on disk until the sink confirmed them (adapters.spool.Spool)."""
+
+    pending_bytes: int
+    pending_readings: int
+    dropped_readings: int
+
+    def open(self) -> SpoolRecovery: ...
+
+    def close(self) -> None: ...
+
+    def append(self, body: bytes, readings: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def peek(self, n: int = 1) -> Sequence[SpoolRecord]: ...
+
+    def take(self, max_readings: int) -> Sequence[tuple[SpoolRecord, bytes]]: ...
+
+    def release_many(self, records: list[Any]) -> None:
+        """Release records this spool's `take` returned (of its own record type)."""
+
+    def recent_bodies(self, max_readings: int) -> list[bytes]: ...
+
+
+# Builds the spool: (directory, max_bytes, segment_bytes) -> spool, not yet opened.
+SpoolFactory = Callable[[Path, int, int], DurableSpool]

@@ -63,14 +63,15 @@ GC_THRESHOLD = 50_000
 
 
 async def _run(settings: Settings) -> int:
-    from gateway.pipeline import Gateway, SpoolUnavailable
+    from gateway.app import build
+    from gateway.daemon.pipeline import SpoolUnavailable
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gw = Gateway(settings)
+    gw = build(settings)
     # The hot path allocates a few short-lived container objects per reading; with the
     # default threshold (700) the cyclic GC runs hundreds of times a second and its
     # full collections walk every series' state, stalling the loop (docs/performance.md).
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(orjson.dumps(dump_settings(settings), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
         return 0
-    from gateway.logs import setup_logging
+    from gateway.daemon.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
     if args.command == "demo":

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.topics import TopicTemplate, TopicTemplateError
+from gateway.core.topics import TopicTemplate, TopicTemplateError
 
 
 class ConfigError(Exception):

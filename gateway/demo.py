@@ -25,8 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gateway.app import build
 from gateway.config import OpcuaNode, OpcuaServer, Rule, Settings
-from gateway.pipeline import Gateway
+from gateway.daemon.pipeline import Gateway
 
 DEMO_DIR = Path(".demo")
 
@@ -178,7 +179,7 @@ async def run_demo(settings: Settings, duration: float = 0.0) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gw = Gateway(settings, sink=sink)
+    gw = build(settings, sink=sink)
     gw_task = asyncio.create_task(gw.run(stop))
     await gw.started.wait()
 

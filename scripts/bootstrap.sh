@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-# prometheus: only its promtool is used (deploy tests check configs, rules, /metrics).
-PACKAGES=(mosquitto victoria-metrics influxdb prometheus)
-BINARIES=(mosquitto victoria-metrics influxd promtool)
+# binary -> Debian package. prometheus: the server scrapes the gateway in the deploy tests,
+# promtool checks configs, rules and /metrics; systemd-analyze verifies the shipped unit;
+# node runs the Node-RED flow's function nodes.
+BINARIES=(mosquitto victoria-metrics influxd prometheus promtool systemd-analyze node)
+PACKAGES=(mosquitto victoria-metrics influxdb prometheus prometheus systemd nodejs)
 
 say() { echo "bootstrap: $*"; }
 
@@ -62,12 +64,17 @@ trap remove_policy EXIT
 
 # 1. Server binaries used by the real-server tests.
 missing=()
-for bin in "${BINARIES[@]}"; do
-    have_binary "$bin" || missing+=("$bin")
+wanted=()
+for i in "${!BINARIES[@]}"; do
+    if ! have_binary "${BINARIES[$i]}"; then
+        missing+=("${BINARIES[$i]}")
+        pkg="${PACKAGES[$i]}"
+        [[ " ${wanted[*]} " == *" $pkg "* ]] || wanted+=("$pkg")
+    fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     say "missing server binaries: ${missing[*]}"
-    apt_install "${PACKAGES[@]}"
+    apt_install "${wanted[@]}"
 else
     say "server binaries present: ${BINARIES[*]}"
 fi

@@ -694,12 +694,12 @@ def state_footprint(series: int, per_series: int) -> dict[str, Any]:
     gone. The normalizer's de-dup memory is reported apart: it is bounded by
     ``[validation] dedup_window`` (200k keys), not by the number of series.
     """
-    from gateway.alerts import AlertManager
     from gateway.config import Rule, Settings
-    from gateway.detect import Detectors, OfflineTracker, RuleSet
-    from gateway.lineproto import ReadingLines
-    from gateway.model import RawMessage, Reading, Score
-    from gateway.normalize import Normalizer
+    from gateway.core.alerts import AlertManager
+    from gateway.core.detectors import Detectors, OfflineTracker, RuleSet
+    from gateway.core.lineproto import ReadingLines
+    from gateway.core.model import RawMessage, Reading, Score
+    from gateway.core.normalize import Normalizer
 
     settings = Settings(rules=[Rule(sensor="s-*", high=95.0, low=5.0)])
     rules = RuleSet(settings.rules)

@@ -258,11 +258,11 @@ def replay_core(f: SkabFile) -> list[Event]:
 
     import orjson
 
-    from gateway.alerts import AlertManager
     from gateway.config import Settings
-    from gateway.detect import Detectors, RuleSet
-    from gateway.model import RawMessage
-    from gateway.normalize import Normalizer
+    from gateway.core.alerts import AlertManager
+    from gateway.core.detectors import Detectors, RuleSet
+    from gateway.core.model import RawMessage
+    from gateway.core.normalize import Normalizer
 
     settings = Settings.model_validate(tomllib.loads(REPLAY_TOML))
     rules = RuleSet(settings.rules)

@@ -33,7 +33,7 @@ from typing import Any
 
 import paho.mqtt.client as paho_mqtt
 
-from gateway.model import RawMessage
+from gateway.core.model import RawMessage
 
 READ_SIZE = 65536
 BURST = 8  # rounds of (up to PARSE_BATCH PUBLISH + one other packet) per reader callback

@@ -17,12 +17,12 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from adapters.base import Deliver, OnState
+from adapters.base import Deliver, NotConnected, OnState
 from adapters.mqtt.fastpath import Inbox, install, puback_many
-from gateway.backoff import Backoff
 from gateway.config import MqttConfig
-from gateway.model import RawMessage
-from gateway.topics import filter_matches
+from gateway.core.backoff import Backoff
+from gateway.core.model import RawMessage
+from gateway.core.topics import filter_matches
 
 log = logging.getLogger("edge.mqtt")
 
@@ -30,10 +30,6 @@ MAX_BATCH = 1000  # messages handed to the pipeline at once ...
 SUBSCRIPTION_CACHE_MAX = 65_536  # topics whose subscription index is remembered
 MAX_BATCH_BYTES = 256 << 10  # ... or this much payload: a batch is processed without a pause
 PENDING_CALLS_LOG_THRESHOLD = 1_000_000  # see _make_client: no per-publish warnings
-
-
-class NotConnected(Exception):
-    """Publishing while the broker is away; retry after reconnect."""
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -49,7 +45,10 @@ def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
 
 
 class MqttLink:
+    """The broker link (`adapters.base.BrokerLink`) on aiomqtt, with the fast read path."""
+
     name = "mqtt"
+    max_batch = MAX_BATCH
 
     def __init__(
         self,

@@ -52,11 +52,11 @@ from asyncua.crypto import security_policies
 
 from adapters.base import Deliver
 from adapters.opcua import NO_LINE, SOURCE
-from gateway.backoff import Backoff
 from gateway.config import OpcuaServer
-from gateway.metrics import Metrics
-from gateway.model import RawMessage
-from gateway.normalize import name_problem
+from gateway.core.backoff import Backoff
+from gateway.core.model import RawMessage
+from gateway.core.normalize import name_problem
+from gateway.daemon.metrics import Metrics
 
 log = logging.getLogger("edge.opcua")
 

@@ -1,10 +1,14 @@
 """Grafana's InfluxQL, run for real: the gateway writes to InfluxDB 1.6 (`[influx] api = "v1"`)
 and every InfluxQL query of the dashboards runs against what it wrote.
 
+The module's gateway gets readings (plant-overview.json) and production events on a
+``format = "event"`` subscription (production.json: ``machine_events`` and the
+``defect_rate`` alert), in a database of its own.
+
 Grafana macros are replaced as Grafana would: ``$timeFilter`` by an absolute time range,
-``$__interval`` by ``10s``, ``$equipment`` by a regex of the test's equipment, other
-template variables by ``.*`` (All). Each query of plant-overview.json has its own
-expectation; queries of other dashboards must at least run without an error.
+``$__interval`` by ``10s``, ``$equipment`` / ``$factory`` by a regex of the test's
+equipment / factory, other template variables by ``.*`` (All). Every InfluxQL query of
+every dashboard has its own expectation, computed from what the fixture published.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -24,6 +28,9 @@ from tests.unit.test_deploy_static import OWN_DASHBOARDS, dashboard_queries, das
 
 Rows = list[dict[str, Any]]
 Series = list[dict[str, Any]]
+
+
+RATE_THRESHOLD = 2.0  # [events] warning_rate_per_h: defects per hour
 
 
 def grafana_regex_escape(value: str) -> str:
@@ -39,6 +46,13 @@ class Plant:
         self.influx = influx
         self.db = db
         self.a, self.b, self.c = uid("dsh-a"), uid("dsh-b"), uid("dsh-c")
+        # production events: three machines on two lines of one factory
+        self.factory = uid("dsh-F")
+        self.m1, self.m2, self.m3 = uid("dsh-m1"), uid("dsh-m2"), uid("dsh-m3")
+        self.machine_line = {self.m1: "L1", self.m2: "L2", self.m3: "L1"}
+        self.live_events: dict[str, Ev] = {}  # event_id -> what InfluxDB must hold (live)
+        self.superseded: list[Ev] = []  # tombstones left by updates that moved a point
+        self.rate_alert: dict[str, Any] = {}  # the defect_rate alert raised on MQTT
         self.last: dict[tuple[str, str], tuple[int, float]] = {}  # (eq, sensor) -> (ms, value)
         self.points: dict[tuple[str, str], list[tuple[int, float]]] = {}  # all, (ms, value)
         self.events: list[dict[str, Any]] = []
@@ -53,11 +67,22 @@ class Plant:
         eq = "(" + "|".join(grafana_regex_escape(e) for e in sorted(self.equipment)) + ")"
         q = query.replace("$timeFilter", f"time >= {self.start_ms}ms and time <= {self.end_ms}ms")
         q = q.replace("$__interval", "10s").replace("$equipment", eq)
+        q = q.replace("$factory", grafana_regex_escape(self.factory))
         return re.sub(r"\$\{?\w+\}?", ".*", q)  # any other variable: All
 
     def run(self, query: str) -> Series:
         result = self.influx.query(self.substitute(query), self.db, epoch="ms")
         return list(result["results"][0].get("series", []))
+
+
+class Ev(NamedTuple):
+    """A production event as published (`ms` = event_time)."""
+
+    event_id: str
+    ms: int
+    machine: str
+    line: str
+    defects: int
 
 
 def rows(series: Series) -> Rows:
@@ -95,9 +120,19 @@ warmup = 10
 [alerts]
 clear_after = 2
 offline_after_s = 1
+[events]
+warning_rate_per_h = {RATE_THRESHOLD}
+rate_window_s = 3600
 [[rules]]
 sensor = "temperature"
 high = 85.0
+[[mqtt.subscriptions]]
+topic = "plant/+/+/+"
+template = "plant/{{line}}/{{equipment}}/{{sensor}}"
+[[mqtt.subscriptions]]
+topic = "factory/+/+/+/events"
+template = "factory/{{factory}}/{{line}}/{{equipment}}/events"
+format = "event"
 """,
     )
     p = Plant(gw, influxdb1, db)
@@ -111,10 +146,50 @@ high = 85.0
 
         def event(eq: str, kind: str, state: str) -> Callable[[Any], bool]:
             def match(m: Any) -> bool:
-                e = m.json() if ours(m) else {}
+                e = m.json() if m.topic.startswith("alerts/events/") else {}
                 return (e.get("equipment"), e.get("kind"), e.get("state")) == (eq, kind, state)
 
             return match
+
+        # Production events, 5 minutes ago (production.json's "last hour" panel too).
+        # m1: 3 defects -> 3/h >= 2/h: defect_rate raised. m2: an unknown count (-1, an
+        # event but no defects) and an event whose update moves it (a tombstone stays).
+        t0 = now_ms - 5 * 60_000
+        initial = [
+            Ev(uid("E"), t0, p.m1, "L1", 1),
+            Ev(uid("E"), t0 + 20_000, p.m1, "L1", 1),
+            Ev(uid("E"), t0 + 40_000, p.m1, "L1", 1),
+            Ev(uid("E"), t0 + 5_000, p.m2, "L2", 1),
+            Ev(uid("E"), t0 + 25_000, p.m2, "L2", -1),
+            Ev(uid("E"), t0 + 45_000, p.m2, "L2", 0),
+            Ev(uid("E"), t0 + 10_000, p.m3, "L1", 0),
+            Ev(uid("E"), t0 + 30_000, p.m3, "L1", 1),
+        ]
+
+        def publish_events(evs: list[Ev]) -> None:
+            for machine in sorted({e.machine for e in evs}):
+                mine = [e for e in evs if e.machine == machine]
+                probe.publish(
+                    f"factory/{p.factory}/{p.machine_line[machine]}/{machine}/events",
+                    [
+                        {
+                            "event_id": e.event_id,
+                            "event_time": e.ms,
+                            "duration_ms": 4000,
+                            "defect_count": e.defects,
+                        }
+                        for e in mine
+                    ],
+                )
+            p.live_events.update({e.event_id: e for e in evs})
+
+        publish_events(initial)
+        gw.wait_metric("edge_events_total", lambda v: v == len(initial), result="stored")
+        moved = initial[3]._replace(ms=t0 + 65_000)  # same id, later event_time: an update
+        p.superseded.append(initial[3])
+        publish_events([moved])
+        gw.wait_metric("edge_events_total", lambda v: v == 1, result="update")
+        p.rate_alert = probe.wait_for(event(p.m1, "defect_rate", "raised"))[0].json()
 
         def publish(eq: str, sensor: str, unit: str, vals: list[float], first: int = 0) -> None:
             batch = [
@@ -140,11 +215,21 @@ high = 85.0
         for eq in (p.a, p.b, p.c):
             probe.wait_for(event(eq, "offline", "raised"), timeout=10)
         p.events = [m.json() for m in probe.messages(ours)]
+        machine_alerts = [
+            m.json()
+            for m in probe.messages("alerts/events/#")
+            if m.json()["equipment"] in p.machine_line
+        ]
+        assert machine_alerts == [p.rate_alert]  # m2 and m3 stay below the threshold
     p.end_ms = int(time.time() * 1000) + 60_000
-    # every transition seen on MQTT is in InfluxDB
+    # every transition seen on MQTT is in InfluxDB, and every event point
     deadline = time.monotonic() + 10
-    while len(p.run('SELECT "id" FROM "alerts" WHERE $timeFilter')[0]["values"]) < len(p.events):
-        assert time.monotonic() < deadline, "alert points did not reach InfluxDB"
+    while len(rows(p.run('SELECT "id" FROM "alerts" WHERE $timeFilter'))) < len(p.events) + len(
+        machine_alerts
+    ) or len(rows(p.run('SELECT "event_id" FROM "machine_events" WHERE $timeFilter'))) < len(
+        p.live_events
+    ) + len(p.superseded):
+        assert time.monotonic() < deadline, "alert / event points did not reach InfluxDB"
         time.sleep(0.1)
     yield p
     assert gw.stop() == 0
@@ -159,7 +244,26 @@ def test_gateway_wrote_readings_through_v1_write(plant: Plant) -> None:
     ms, value = plant.last[(plant.a, "temperature")]
     assert got[0]["time"] == ms * 1_000_000 and got[0]["value"] == value
     assert (got[0]["unit"], got[0]["source"]) == ("celsius", "mqtt")
-    assert plant.gw.metric("edge_readings_written_total") == 16 + 18 + 2
+    sent = {key: len(points) for key, points in plant.points.items()}
+    assert sum(sent.values()) == 16 + 18 + 2
+    # what InfluxDB keeps, counted by InfluxDB (no time bound: points at any time count)
+    counted = plant.run(
+        'SELECT COUNT("value") FROM "readings" WHERE "equipment" =~ /^$equipment$/ '
+        'GROUP BY "equipment", "sensor"'
+    )
+    assert {k: r[0]["count"] for k, r in by_tags(counted, "equipment", "sensor").items()} == sent
+    (total,) = rows(plant.run('SELECT COUNT("value") FROM "readings"'))  # the whole database
+    assert total["count"] == sum(sent.values())
+    # ... each one with the time and value it was sent with
+    stored = plant.run(
+        'SELECT "value" FROM "readings" WHERE "equipment" =~ /^$equipment$/ '
+        'GROUP BY "equipment", "sensor"'
+    )
+    assert {
+        k: [(r["time"], r["value"]) for r in rs]
+        for k, rs in by_tags(stored, "equipment", "sensor").items()
+    } == {k: sorted(v) for k, v in plant.points.items()}
+    assert plant.gw.metric("edge_readings_written_total") == sum(sent.values())
 
 
 # --------------------------------------------------------- one check per dashboard query
@@ -294,13 +398,128 @@ def test_dashboard_query_on_influxdb_1x(plant: Plant, where: str, query: str) ->
     CHECKS[where](plant, plant.run(query))
 
 
-def test_other_dashboards_queries_run(plant: Plant) -> None:
-    ran = 0
-    for name, dash in dashboards().items():
-        if name in OWN_DASHBOARDS:
-            continue
-        for _where, kind, text in dashboard_queries(dash):
-            if kind == "influxql":
-                plant.run(text)  # raises ServerError on a parse or planning error
-                ran += 1
-    assert ran >= 0
+# ------------------------------------------ production.json: the machine_events the gateway wrote
+
+
+def live(p: Plant) -> list[Ev]:
+    return sorted(p.live_events.values(), key=lambda e: e.ms)
+
+
+def per_bucket(
+    p: Plant,
+    series: Series,
+    tag: str,
+    column: str,
+    width_ms: int,
+    expected: dict[tuple[str, int], int],
+) -> None:
+    """A ``GROUP BY time(width), tag fill(0)`` answer: `expected` {(tag, bucket): value}
+    where it is not 0, 0 in every other bucket of the time range."""
+    first, last = p.start_ms - p.start_ms % width_ms, p.end_ms - p.end_ms % width_ms
+    got: dict[tuple[str, int], int] = {}
+    for (value,), rs in by_tags(series, tag).items():
+        assert [r["time"] for r in rs] == list(range(first, last + 1, width_ms)), value
+        got.update({(value, r["time"]): r[column] for r in rs})
+    assert {k: v for k, v in got.items() if v != 0} == expected
+    assert {tag_value for tag_value, _ in got} == {tag_value for tag_value, _ in expected}
+
+
+def bucketed(
+    evs: list[Ev], key: Callable[[Ev], str], value: Callable[[Ev], int], width_ms: int
+) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for e in evs:
+        k = (key(e), e.ms - e.ms % width_ms)
+        out[k] = out.get(k, 0) + value(e)
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def counted_defects(p: Plant) -> list[Ev]:
+    """Live events with a known defect count (the dashboards filter defect_count >= 0)."""
+    return [e for e in live(p) if e.defects >= 0]
+
+
+def totals(evs: list[Ev], key: Callable[[Ev], str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in evs:
+        out[key(e)] = out.get(key(e), 0) + e.defects
+    return out
+
+
+def check_defects_per_line(p: Plant, series: Series) -> None:
+    expected = bucketed(counted_defects(p), lambda e: e.line, lambda e: e.defects, 10_000)
+    per_bucket(p, series, "line", "sum", 10_000, expected)
+
+
+def check_top_defect_lines(p: Plant, series: Series) -> None:
+    got = {line: r[0]["defects"] for (line,), r in by_tags(series, "line").items()}
+    assert got == totals(counted_defects(p), lambda e: e.line) == {"L1": 4, "L2": 1}
+
+
+def check_machine_health(p: Plant, series: Series) -> None:
+    got = {m: r[0]["defects_per_h"] for (m,), r in by_tags(series, "machine").items()}
+    assert got == totals(counted_defects(p), lambda e: e.machine)
+    assert got == {p.m1: 3, p.m2: 1, p.m3: 1}
+
+
+def check_defect_rate_per_machine(p: Plant, series: Series) -> None:
+    hour = 3_600_000
+    expected = bucketed(counted_defects(p), lambda e: e.machine, lambda e: e.defects, hour)
+    per_bucket(p, series, "machine", "sum", hour, expected)
+
+
+def check_events_per_machine(p: Plant, series: Series) -> None:
+    # every live event counts, the unknown defect count (-1) too; the tombstone does not
+    expected = bucketed(live(p), lambda e: e.machine, lambda e: 1, 10_000)
+    assert sum(expected.values()) == len(p.live_events) == 8
+    per_bucket(p, series, "machine", "count", 10_000, expected)
+
+
+def check_defect_rate_alerts(p: Plant, series: Series) -> None:
+    got = {eq: r[0] for (eq,), r in by_tags(series, "equipment").items()}
+    assert set(got) == {p.m1}  # m2 and m3: 1 defect/h, below the threshold
+    row, alert = got[p.m1], p.rate_alert
+    assert (row["state"], row["rate_per_h"], row["message"]) == (
+        "raised",
+        pytest.approx(3.0),
+        alert["message"],
+    )
+    assert alert["value"] == pytest.approx(3.0) and alert["threshold"] == RATE_THRESHOLD
+
+
+def check_factory_var(p: Plant, series: Series) -> None:
+    assert {r["value"] for r in rows(series)} == {p.factory}
+
+
+OTHER_CHECKS: dict[tuple[str, str], Callable[[Plant, Series], None]] = {
+    ("production.json", "Defects per line/A"): check_defects_per_line,
+    ("production.json", "Top defect lines (time range)/A"): check_top_defect_lines,
+    ("production.json", "Machine health: defects in the last hour/A"): check_machine_health,
+    ("production.json", "Defect rate per machine (per hour)/A"): check_defect_rate_per_machine,
+    ("production.json", "Events per machine/A"): check_events_per_machine,
+    ("production.json", "defect_rate alerts/A"): check_defect_rate_alerts,
+    ("production.json", "var factory"): check_factory_var,
+}
+
+
+def other_influxql() -> list[tuple[tuple[str, str], str]]:
+    return [
+        ((name, where), text)
+        for name, dash in dashboards().items()
+        if name not in OWN_DASHBOARDS
+        for where, kind, text in dashboard_queries(dash)
+        if kind == "influxql"
+    ]
+
+
+def test_every_other_influxql_query_has_a_check() -> None:
+    assert {key for key, _ in other_influxql()} == set(OTHER_CHECKS)
+
+
+@pytest.mark.parametrize(
+    ("key", "query"), other_influxql(), ids=[f"{n}: {w}" for (n, w), _ in other_influxql()]
+)
+def test_other_dashboard_query_on_influxdb_1x(
+    plant: Plant, key: tuple[str, str], query: str
+) -> None:
+    OTHER_CHECKS[key](plant, plant.run(query))

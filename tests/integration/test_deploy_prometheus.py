@@ -8,12 +8,15 @@ dashboard query and every alert rule.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +52,60 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 def gateway(
     mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
+    # One threshold alert, raised before Prometheus starts and active throughout (no
+    # offline alert while the module runs), one series; rejects are never rate-limited.
     gw = GatewayProcess(
         mosquitto.port,
         victoria.url,
         tmp_path_factory.mktemp("gw-prom"),
-        extra_toml='[[rules]]\nsensor = "temperature"\nhigh = 85.0\n',
+        extra_toml="""
+[[rules]]
+sensor = "temperature"
+high = 85.0
+[alerts]
+offline_after_s = 3600
+[mqtt]
+deadletter_per_s = 1000
+""",
     )
     eq = uid("prom")
     with MqttProbe(mosquitto.port) as p:
         p.publish(f"plant/line-p/{eq}/temperature", [20.0, 21.0, 99.0])
         p.publish(f"plant/line-p/{eq}/temperature", b"not json")
-    gw.wait_metric("edge_readings_written_total", lambda v: v >= 3)
+    gw.wait_metric("edge_readings_written_total", lambda v: v == 3)
+    gw.wait_metric("edge_readings_rejected_total", lambda v: v == 1, reason="malformed")
+    assert gw.metric("edge_alerts_active") == 1
     yield gw
     assert gw.stop() == 0
+
+
+class Traffic(threading.Thread):
+    """Publishes a reading (one more series) and, every 4th time, a malformed message
+    every 50 ms until stopped: rates over the last seconds are positive."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.topic = f"plant/line-p/{uid('prom-steady')}/pressure"
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with MqttProbe(self.port) as p:
+                i = 0
+                while not self.done.wait(0.05):
+                    p.publish(self.topic, 20.0 + i % 2)  # z = +-1: never an anomaly
+                    if i % 4 == 0:
+                        p.publish(self.topic, b"not json")
+                    i += 1
+        except BaseException as e:  # surfaced by the fixture
+            self.error = e
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+        assert self.error is None, self.error
 
 
 def test_promtool_check_config_and_rules() -> None:
@@ -113,6 +157,27 @@ def test_dashboard_and_rule_metrics_exist_in_live_metrics(gateway: GatewayProces
 # ----------------------------------------------------------------- a real Prometheus
 
 
+TEST_INTERVALS = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+
+
+def shipped_config() -> dict[str, Any]:
+    cfg = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert isinstance(cfg, dict)
+    return cfg
+
+
+def adapt_config(shipped: dict[str, Any], gateway: str, itself: str) -> dict[str, Any]:
+    """The shipped config, changed only where the test must: 1 s intervals, the
+    gateway's and Prometheus' own address as targets, absolute rule file paths."""
+    cfg = copy.deepcopy(shipped)
+    cfg["global"] = {**(cfg.get("global") or {}), **TEST_INTERVALS}
+    for job in cfg["scrape_configs"]:
+        for sc in job["static_configs"]:
+            sc["targets"] = [gateway if job["job_name"] == "edge-gateway" else itself]
+    cfg["rule_files"] = [str(PROMETHEUS / f) for f in cfg["rule_files"]]
+    return cfg
+
+
 class Prometheus(_Server):
     """Prometheus scraping one gateway every second with the shipped config and rules."""
 
@@ -127,16 +192,13 @@ class Prometheus(_Server):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "prometheus.yml"
+
     def _prepare(self) -> None:
-        cfg = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-        cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        for job in cfg["scrape_configs"]:
-            if job["job_name"] == "edge-gateway":
-                job["static_configs"][0]["targets"] = [self.target]
-            else:
-                job["static_configs"][0]["targets"] = [f"{self.host}:{self.port}"]
-        cfg["rule_files"] = [str(PROMETHEUS / f) for f in cfg["rule_files"]]
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        cfg = adapt_config(shipped_config(), self.target, f"{self.host}:{self.port}")
+        self.config_path.write_text(yaml.safe_dump(cfg))
 
     def _argv(self) -> list[str]:
         return [
@@ -163,58 +225,160 @@ class Prometheus(_Server):
 
 
 @pytest.fixture(scope="module")
-def prometheus(gateway: GatewayProcess) -> Iterator[Prometheus]:
+def prometheus(gateway: GatewayProcess, mosquitto: Mosquitto) -> Iterator[Prometheus]:
     require_binary("prometheus")
     server = Prometheus(f"{HOST}:{gateway.http_port}")
+    traffic = Traffic(mosquitto.port)
     with server:
-        deadline = time.monotonic() + 20
-        # at least 3 scrapes, so rate() over 5 s has two samples
-        while True:
-            got = server.query('count_over_time(up{job="edge-gateway"}[1m])')
-            if got and float(got[0]["value"][1]) >= 3:
-                break
-            assert time.monotonic() < deadline, "Prometheus did not scrape the gateway"
-            time.sleep(0.3)
-        yield server
+        traffic.start()
+        try:
+            # scrapes that saw the traffic: rate() over 5 s is positive
+            deadline = time.monotonic() + 20
+            wanted = [
+                'rate(edge_readings_received_total{source="mqtt"}[5s]) > 0',
+                'rate(edge_readings_rejected_total{reason="malformed"}[5s]) > 0',
+                "rate(edge_influx_write_seconds_count[5s]) > 0",
+            ]
+            while not all(server.query(q) for q in wanted):
+                assert traffic.is_alive(), traffic.error
+                assert time.monotonic() < deadline, "Prometheus did not see the traffic"
+                time.sleep(0.3)
+            yield server
+        finally:
+            traffic.stop()
 
 
 def substitute(expr: str) -> str:
     return expr.replace("$__rate_interval", "5s").replace("$instance", ".*")
 
 
-EXPECTED_EMPTY = {
-    # no OPC UA server configured; no reject within the last 5 s; no failed write yet
-    "gateway-health.json: OPC UA servers/A",
-    "gateway-health.json: Rejects by reason/A",
-    "gateway-health.json: InfluxDB write latency/C",
+Result = list[dict[str, Any]]
+
+
+def by_labels(result: Result, *names: str) -> dict[tuple[str, ...], float]:
+    """{label values: sample value} of an instant vector (NaN stays NaN)."""
+    out = {tuple(r["metric"].get(n, "") for n in names): float(r["value"][1]) for r in result}
+    assert len(out) == len(result), f"labels {names} do not tell the series apart: {result}"
+    return out
+
+
+def exactly(value: float, *names: str, labels: tuple[str, ...] = ()) -> Callable[[Result], None]:
+    """One series (with `labels` for `names`), of value `value`."""
+
+    def check(result: Result) -> None:
+        assert by_labels(result, *names) == {labels: value}
+
+    return check
+
+
+def positive(*names: str, labels: tuple[str, ...] = ()) -> Callable[[Result], None]:
+    """One series (with `labels` for `names`), finite and > 0."""
+
+    def check(result: Result) -> None:
+        got = by_labels(result, *names)
+        assert set(got) == {labels}
+        assert math.isfinite(got[labels]) and got[labels] > 0
+
+    return check
+
+
+def empty(result: Result) -> None:
+    assert result == []
+
+
+def gauges(*names: str, at_least: int = 1) -> Callable[[Result], None]:
+    """A gauge per series: at least `at_least` of them, each finite and >= 0."""
+
+    def check(result: Result) -> None:
+        got = by_labels(result, *names)
+        assert len(got) >= at_least
+        assert all(math.isfinite(v) and v >= 0 for v in got.values()), got
+
+    return check
+
+
+def received_per_second(result: Result) -> None:
+    got = by_labels(result, "source")
+    mqtt = got.pop(("mqtt",))
+    assert math.isfinite(mqtt) and mqtt > 0
+    assert got in ({}, {("opcua",): 0.0})  # no OPC UA server configured
+
+
+def alert_transitions(result: Result) -> None:
+    # the one transition (threshold_high raised) happened before Prometheus started
+    assert by_labels(result, "kind", "state") == {("threshold_high", "raised"): 0.0}
+
+
+def instance(gw: GatewayProcess) -> str:
+    return f"{HOST}:{gw.http_port}"
+
+
+# Every PromQL query of the dashboards, evaluated now, with the fixtures' traffic: the
+# module's gateway has 1 active alert and 2 series, no OPC UA server and no failed write;
+# the Traffic thread keeps readings, rejects (malformed) and writes flowing.
+PROMQL_CHECKS: dict[str, Callable[[Result], None]] = {
+    "gateway-health.json: Gateway scraped/A": exactly(1.0),
+    "gateway-health.json: MQTT broker/A": exactly(1.0),
+    "gateway-health.json: InfluxDB writable/A": exactly(1.0),
+    "gateway-health.json: OPC UA servers/A": empty,
+    "gateway-health.json: Readings per second/A": received_per_second,
+    "gateway-health.json: Readings per second/B": positive(),
+    "gateway-health.json: Readings per second/C": positive(),
+    "gateway-health.json: Rejects by reason/A": positive("reason", labels=("malformed",)),
+    "gateway-health.json: Rejects by reason/B": exactly(0.0),
+    "gateway-health.json: Pipeline latency (receive to detected)/A": positive(),
+    "gateway-health.json: Pipeline latency (receive to detected)/B": positive(),
+    "gateway-health.json: InfluxDB write latency/A": positive(),
+    "gateway-health.json: InfluxDB write latency/B": positive(),
+    "gateway-health.json: InfluxDB write latency/C": empty,
+    "gateway-health.json: Spool/A": gauges(),
+    "gateway-health.json: Spool/B": exactly(0.0),
+    "gateway-health.json: Queues/A": gauges("queue"),
+    "gateway-health.json: Alerts and series/A": exactly(1.0),
+    "gateway-health.json: Alerts and series/B": alert_transitions,
+    "gateway-health.json: Alerts and series/C": exactly(2.0),
+    "plant-overview.json: Active alerts (gateway)/A": exactly(1.0),
 }
 
 
-def test_prometheus_scrapes_the_gateway(prometheus: Prometheus) -> None:
+def promql_queries() -> list[tuple[str, str]]:
+    return [
+        (f"{name}: {where}", text)
+        for name, dash in dashboards().items()
+        for where, kind, text in dashboard_queries(dash)
+        if kind == "promql" and not re.fullmatch(r"label_values\(.*\)", text.strip())
+    ]
+
+
+def test_every_dashboard_promql_has_a_check() -> None:
+    assert {key for key, _ in promql_queries()} == set(PROMQL_CHECKS)
+
+
+def test_prometheus_scrapes_the_gateway(prometheus: Prometheus, gateway: GatewayProcess) -> None:
     up = prometheus.query('up{job="edge-gateway"}')
     assert [r["value"][1] for r in up] == ["1"]
     assert up[0]["metric"]["site"] == "plant"  # label from the shipped scrape config
+    assert up[0]["metric"]["instance"] == instance(gateway)
     received = prometheus.query('edge_readings_received_total{job="edge-gateway"}')
-    assert float(received[0]["value"][1]) >= 3
+    assert float(by_labels(received, "source")[("mqtt",)]) >= 3
 
 
-def test_every_dashboard_promql_evaluates(prometheus: Prometheus) -> None:
+@pytest.mark.parametrize(("key", "expr"), promql_queries(), ids=[k for k, _ in promql_queries()])
+def test_dashboard_promql_on_prometheus(prometheus: Prometheus, key: str, expr: str) -> None:
+    result = prometheus.query(substitute(expr))
+    PROMQL_CHECKS[key](result)
+
+
+def test_dashboard_variables(prometheus: Prometheus, gateway: GatewayProcess) -> None:
     checked = 0
-    for name, dash in dashboards().items():
-        for where, kind, text in dashboard_queries(dash):
-            if kind != "promql":
-                continue
-            key = f"{name}: {where}"
+    for _name, dash in dashboards().items():
+        for _where, kind, text in dashboard_queries(dash):
             m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", text.strip())
-            if m:  # a Grafana variable function, not PromQL
+            if kind == "promql" and m:  # a Grafana variable function, not PromQL
                 values = {r["metric"].get(m.group(2)) for r in prometheus.query(m.group(1))}
-                assert values - {None}, key
-                continue
-            result = prometheus.query(substitute(text))
-            if name in OWN_DASHBOARDS:
-                assert bool(result) is (key not in EXPECTED_EMPTY), f"{key}: {result}"
-            checked += 1
-    assert checked >= 20
+                assert values == {instance(gateway)}, text
+                checked += 1
+    assert checked == 1
 
 
 def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
@@ -233,8 +397,53 @@ def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
     assert [r["name"] for r in rules if r["state"] == "firing"] == []
 
 
-def test_prometheus_config_is_the_shipped_one(tmp_path: Path) -> None:
-    """The adapted config above differs from the shipped one only in targets and intervals."""
-    shipped = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+def flatten(doc: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+    """{path: leaf} of a YAML document (an empty list or mapping is a leaf)."""
+    if isinstance(doc, dict) and doc:
+        items: Any = doc.items()
+    elif isinstance(doc, list) and doc:
+        items = enumerate(doc)
+    else:
+        return {path: doc}
+    out: dict[tuple[Any, ...], Any] = {}
+    for k, v in items:
+        out.update(flatten(v, (*path, k)))
+    return out
+
+
+def test_prometheus_config_is_the_shipped_one(
+    prometheus: Prometheus, gateway: GatewayProcess
+) -> None:
+    """The config Prometheus runs differs from the shipped one only in targets, intervals
+    and rule file paths: anything else the shipped file has (or gets) is carried over."""
+    shipped = shipped_config()
     assert [j["job_name"] for j in shipped["scrape_configs"]] == ["edge-gateway", "prometheus"]
     assert shipped["scrape_configs"][0].get("metrics_path", "/metrics") == "/metrics"
+    used = yaml.safe_load(prometheus.config_path.read_text())
+    a, b = flatten(shipped), flatten(used)
+    missing = object()
+    differ = {
+        p: b.get(p, missing) for p in a.keys() | b.keys() if a.get(p, missing) != b.get(p, missing)
+    }
+    expected: dict[tuple[Any, ...], Any] = {("global", k): v for k, v in TEST_INTERVALS.items()}
+    expected.update(
+        {("rule_files", i): str(PROMETHEUS / f) for i, f in enumerate(shipped["rule_files"])}
+    )
+    for i, job in enumerate(shipped["scrape_configs"]):
+        target = (
+            instance(gateway) if job["job_name"] == "edge-gateway" else f"{HOST}:{prometheus.port}"
+        )
+        for j, _sc in enumerate(job["static_configs"]):
+            expected[("scrape_configs", i, "static_configs", j, "targets", 0)] = target
+    assert differ == expected
+    # ... and it is what Prometheus loaded
+    loaded = yaml.safe_load(prometheus.api("status/config")["yaml"])
+    for k, v in (used.get("global") or {}).items():
+        assert loaded["global"][k] == v, k
+    assert [
+        (j["job_name"], [sc["targets"] for sc in j["static_configs"]])
+        for j in loaded["scrape_configs"]
+    ] == [
+        (j["job_name"], [sc["targets"] for sc in j["static_configs"]])
+        for j in used["scrape_configs"]
+    ]

@@ -4,14 +4,18 @@ A CA and a server certificate (SAN 127.0.0.1, localhost) and a password file wit
 users device / gateway / scada are generated per module; mosquitto runs from
 secure.conf rewritten only where a test must: the /mosquitto/... paths point into a temp
 dir, the listener is a free port bound to 127.0.0.1. Everything else (no anonymous
-logins, the ACL, TLS 1.2 minimum, per_listener_settings) is the shipped file.
+logins, TLS 1.2 minimum, per_listener_settings) is the shipped file, and so is the ACL,
+plus one appended account, ``acl-observer``, that reads and writes everything: it sees
+what a publish delivered and publishes what a subscriber may or may not get. Its block
+comes last, so it grants nobody else anything.
 
 Shown here: the gateway logs in as "gateway" over TLS (CA verified, no tls_insecure); a
 reading published by "device" reaches VictoriaMetrics; a threshold alert reaches
 "scada" on alerts/#, and "scada" acknowledges it on alerts/ack; what "device" publishes
 under alerts/... reaches nobody; anonymous and wrong-password logins are refused; a
 plain MQTT connection to the TLS port gets no CONNACK; a gateway with a wrong password,
-or without the CA, is not ready and logs why.
+or without the CA, is not ready and logs why; each right of the ACL, allowed or
+denied, is exercised on the broker (test_acl_rights).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import ipaddress
 import json
 import re
 import secrets
-import shutil
 import socket
 import ssl
 import subprocess
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.config import AlertsConfig, MqttConfig
 from tests.conftest import require_binary
 from tests.harness import Gateways, MqttProbe, uid
 from tests.servers import HOST, Mosquitto, VictoriaMetrics
@@ -45,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECURE_CONF = ROOT / "mosquitto" / "secure.conf"
 ACL = ROOT / "mosquitto" / "acl"
 USERS = ("device", "gateway", "scada")
+OBSERVER = "acl-observer"  # test-only account: readwrite # (appended to the ACL)
 
 
 # ------------------------------------------------------------------ certificates
@@ -184,8 +189,12 @@ def secure_broker() -> Iterator[SecureBroker]:
     server = Mosquitto(config=render_secure_conf)
     try:
         make_certs(server.dir / "certs")
-        shutil.copyfile(ACL, server.dir / "acl")
-        passwords = {u: secrets.token_urlsafe(12) for u in USERS}
+        shipped_acl = ACL.read_text()
+        assert OBSERVER not in shipped_acl
+        (server.dir / "acl").write_text(
+            f"{shipped_acl.rstrip()}\n\n# test only\nuser {OBSERVER}\ntopic readwrite #\n"
+        )
+        passwords = {u: secrets.token_urlsafe(12) for u in (*USERS, OBSERVER)}
         pwfile = server.dir / "passwd"
         pwfile.touch(mode=0o600)
         for user, pw in passwords.items():
@@ -366,3 +375,88 @@ def test_tls_is_required(secure_broker: SecureBroker) -> None:
         handshake(ssl.create_default_context(), HOST)  # system CAs do not trust it
     with pytest.raises(ssl.SSLCertVerificationError):
         handshake(secure_broker.tls(), "mqtt.example.com")  # not in the SAN
+
+
+# ------------------------------------------------------------------- ACL, case by case
+
+_A = AlertsConfig()
+_DEFAULT_SUB = MqttConfig().subscriptions[0].topic.replace("+", "x").replace("#", "x")
+
+ACL_CASES = [
+    ("device", "write", "plant/line-1/device-001/temperature", True),
+    ("device", "write", "alerts/events/device-001/temperature", False),
+    ("device", "write", "alerts/ack", False),
+    ("device", "write", "status/device-001", False),
+    ("device", "read", "plant/line-1/device-001/temperature", False),
+    ("gateway", "read", "plant/line-1/device-001/temperature", True),
+    ("gateway", "read", "alerts/ack", True),
+    ("gateway", "write", "alerts/events/device-001/temperature", True),
+    ("gateway", "write", "alerts/active/device-001/temperature/zscore", True),
+    ("gateway", "write", "status/device-001", True),
+    ("gateway", "write", "gateway/edge-gateway-1/status", True),
+    ("gateway", "write", "gateway/edge-gateway-1/deadletter", True),
+    ("gateway", "write", "plant/line-1/device-001/temperature", False),
+    ("scada", "read", "alerts/events/device-001/temperature", True),
+    ("scada", "read", "alerts/active/device-001/temperature/zscore", True),
+    ("scada", "read", "status/device-001", True),
+    ("scada", "write", "alerts/ack", True),
+    ("scada", "write", "alerts/events/x/y", False),
+    ("scada", "write", "plant/line-1/device-001/temperature", False),
+    # the topics of the gateway's defaults ([mqtt] subscriptions, [alerts] prefixes)
+    ("gateway", "read", _DEFAULT_SUB, True),
+    ("device", "write", _DEFAULT_SUB, True),
+    ("gateway", "read", f"{_A.topic_prefix}/ack", True),
+    ("scada", "write", f"{_A.topic_prefix}/ack", True),
+    ("gateway", "write", f"{_A.status_prefix}/eq", True),
+]
+
+# Where each user may publish: the sentinel that ends a write case.
+SENTINEL_TOPIC = {
+    "device": "plant/acl/sentinel/value",
+    "gateway": "status/acl-sentinel",
+    "scada": "alerts/ack",
+}
+
+
+@pytest.fixture(scope="module")
+def acl_clients(secure_broker: SecureBroker) -> Iterator[dict[str, MqttProbe]]:
+    """One TLS client per user, and the observer subscribed to everything."""
+    with contextlib.ExitStack() as stack:
+        clients = {u: stack.enter_context(secure_broker.probe(u)) for u in USERS}
+        clients[OBSERVER] = stack.enter_context(secure_broker.probe(OBSERVER, ("#",)))
+        yield clients
+
+
+@pytest.mark.parametrize(
+    ("user", "access", "topic", "ok"),
+    ACL_CASES,
+    ids=[f"{u}-{a}-{t}-{'allowed' if ok else 'denied'}" for u, a, t, ok in ACL_CASES],
+)
+def test_acl_rights(
+    acl_clients: dict[str, MqttProbe], user: str, access: str, topic: str, ok: bool
+) -> None:
+    """The broker itself decides: what it delivers is allowed, what it drops is not.
+
+    Nothing is waited for blindly: the broker handles one client's packets in order and
+    sends each client its packets in order, so a case ends on a positive marker that
+    comes after anything the ACL let through. Allowed cases check the same ordering.
+    """
+    client, observer = acl_clients[user], acl_clients[OBSERVER]
+    payload = uid(f"acl-{user}-{access}").encode()
+    if access == "write":
+        # user publishes, then publishes a sentinel where it may; the observer (#) gets
+        # the sentinel after the first message, if the broker let that one through
+        sentinel = uid("sentinel").encode()
+        client.publish(topic, payload)
+        client.publish(SENTINEL_TOPIC[user], sentinel)
+        observer.wait_for(lambda m: m.payload == sentinel, timeout=5)
+        delivered = observer.messages(lambda m: m.payload == payload)
+    else:
+        # user subscribes; the observer publishes (its PUBACK: the broker has routed the
+        # message to every subscriber); then a SUBACK for the user, which the broker sends
+        # it after anything it had routed to it
+        client.subscribe(topic)
+        observer.publish(topic, payload)
+        client.subscribe(uid("acl-marker"))
+        delivered = client.messages(lambda m: m.payload == payload)
+    assert [m.topic for m in delivered] == ([topic] if ok else [])

@@ -44,7 +44,7 @@ def wait_stored(
     """Wait until the store keeps `n` points for `tags`, then demand exactly n, and that
     the gateway counts exactly `total` (default n) readings received and written."""
     total = n if total is None else total
-    wait_count(store, n, **tags)
+    wait_count(store, n, 15.0, **tags)
     gw.wait_metric("edge_readings_written_total", lambda v: v >= total)
     assert store.count(**tags) == n
     assert gw.metric("edge_readings_received_total", source="mqtt") == total

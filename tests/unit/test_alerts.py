@@ -7,9 +7,9 @@ import re
 import orjson
 import pytest
 
-from gateway.alerts import Alert, AlertManager, iso_ms
 from gateway.config import AlertsConfig
-from gateway.model import (
+from gateway.core.alerts import Alert, AlertManager, iso_ms
+from gateway.core.model import (
     EQUIPMENT_SENSOR,
     OFFLINE,
     THRESHOLD_HIGH,

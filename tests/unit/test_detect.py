@@ -1,4 +1,4 @@
-"""gateway.detect: z-score, thresholds, rules, trend, offline, snapshots (pure, fast)."""
+"""gateway.core.detectors: z-score, thresholds, rules, trend, offline, snapshots (pure, fast)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from river import stats, utils
 
 from gateway.config import DetectionConfig, Rule
-from gateway.detect import (
+from gateway.core.detectors import (
     NO_RULE,
     Detectors,
     OfflineTracker,
@@ -20,7 +20,7 @@ from gateway.detect import (
     ZScore,
     out_of_range,
 )
-from gateway.model import THRESHOLD_HIGH, THRESHOLD_LOW, TREND, ZSCORE, Reading
+from gateway.core.model import THRESHOLD_HIGH, THRESHOLD_LOW, TREND, ZSCORE, Reading
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC

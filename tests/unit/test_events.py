@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import model
-from gateway.alerts import CLEARED, RAISED, AlertManager
 from gateway.config import AlertsConfig, EventsConfig, Settings, Subscription, ValidationConfig
-from gateway.events import (
+from gateway.core import model
+from gateway.core.alerts import CLEARED, RAISED, AlertManager
+from gateway.core.events import (
     DUPLICATE,
     HEALTHY,
     STORED,
@@ -26,8 +26,8 @@ from gateway.events import (
     event_line,
     iso,
 )
-from gateway.events_api import BadRequest, stats_query, top_lines_query
-from gateway.timestamps import parse_ts
+from gateway.core.timestamps import parse_ts
+from gateway.http.events_api import BadRequest, stats_query, top_lines_query
 
 T0 = parse_ts("2026-01-15T10:00:00Z")
 MIN = 60 * 1_000_000_000
@@ -487,7 +487,7 @@ def test_alert_manager_defect_rate_raise_update_clear() -> None:
 
 
 def test_gateway_routes_events_and_raises_defect_rate(tmp_path: Path) -> None:
-    from gateway.pipeline import Gateway
+    from gateway.app import build
 
     s = Settings.model_validate(
         {
@@ -500,7 +500,7 @@ def test_gateway_routes_events_and_raises_defect_rate(tmp_path: Path) -> None:
     )
 
     async def run() -> None:
-        gw = Gateway(s)
+        gw = build(s)
         now = time.time_ns()
         t = [now - (10 - i) * MIN for i in range(3)]
         batch = [

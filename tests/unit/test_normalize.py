@@ -1,4 +1,4 @@
-"""Normalization and validation: gateway.normalize, gateway.timestamps, gateway.series."""
+"""Normalization and validation: gateway.core.normalize, .timestamps and .series."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import model
 from gateway.config import Subscription, ValidationConfig
-from gateway.model import RawMessage, Reading, Reject
-from gateway.normalize import Normalizer
-from gateway.series import RecentKeys, SeriesRegistry
-from gateway.timestamps import TimestampRangeError, parse_ts
+from gateway.core import model
+from gateway.core.model import RawMessage, Reading, Reject
+from gateway.core.normalize import Normalizer
+from gateway.core.series import RecentKeys, SeriesRegistry
+from gateway.core.timestamps import TimestampRangeError, parse_ts
 
 NOW = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 NOW_S = NOW // 10**9
@@ -658,7 +658,7 @@ def test_random_bytes_never_raise() -> None:
 
 
 def test_readings_without_ts_get_strictly_increasing_stamps_per_series() -> None:
-    from gateway.series import STAMP_STEP_NS
+    from gateway.core.series import STAMP_STEP_NS
 
     n = make()
     got: list[int] = []

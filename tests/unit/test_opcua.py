@@ -19,7 +19,7 @@ from asyncua import ua
 
 from adapters.opcua.source import Item, OpcuaFailure, classify, encode, map_browse_path, ts_ns
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.model import RawMessage
+from gateway.core.model import RawMessage
 
 T = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.UTC)
 T_NS = 1_795_341_600_123_456_000
@@ -128,7 +128,7 @@ def test_config_checks(tmp_path: Path) -> None:
 
 
 def test_pipeline_normalizes_opcua_messages_with_shared_series(tmp_path: Path) -> None:
-    from gateway.pipeline import Gateway
+    from gateway.app import build
 
     s = Settings.model_validate(
         {
@@ -137,7 +137,7 @@ def test_pipeline_normalizes_opcua_messages_with_shared_series(tmp_path: Path) -
             "http": {"enabled": False},
         }
     )
-    gw = Gateway(s)
+    gw = build(s)
     now_ns = time.time_ns()
     it = Item(NODE, "press-1", "temperature", "", "celsius").finish()
     bad = Item(NODE, "press-1", "pressure", "line-1").finish()

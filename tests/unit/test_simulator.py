@@ -274,7 +274,7 @@ def test_ms_clock_never_repeats_a_timestamp_per_series():
 
 
 def test_load_topics_fit_the_default_template():
-    from gateway.topics import TopicTemplate
+    from gateway.core.topics import TopicTemplate
 
     topics = load_topics(25, "plant")
     assert len(set(topics)) == 25

@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.config import AlertsConfig
-from gateway.model import (
+from gateway.core.model import (
     DEFECT_RATE,
     EQUIPMENT_SENSOR,
     OFFLINE,

@@ -11,32 +11,31 @@ Status API (JSON, read-only, from the gateway's in-memory state):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from aiohttp import web
 
-from gateway.alerts import Alert, iso_ms
-
-if TYPE_CHECKING:
-    from gateway.pipeline import Gateway
+from gateway.core.alerts import Alert, iso_ms
+from gateway.http.events_api import add_event_routes
+from gateway.http.view import StatusView
 
 GATEWAY_KEY = web.AppKey("gateway", object)
 
 
-def build_app(gw: Gateway) -> web.Application:
+def build_app(gw: StatusView) -> web.Application:
     app = web.Application()
     app[GATEWAY_KEY] = gw
 
     async def metrics(_: web.Request) -> web.Response:
-        body = gw.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": gw.metrics.content_type})
+        body, content_type = gw.metrics_text()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:
         # ready: broker connected, and the sink writable or the spool taking batches
-        checks = {"mqtt": gw.mqtt.connected, "sink": gw.sink_ok, "spool": gw.spool_ok}
+        checks = {"mqtt": gw.broker_connected, "sink": gw.sink_ok, "spool": gw.spool_ok}
         ok = checks["mqtt"] and (checks["sink"] or checks["spool"])
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
@@ -45,13 +44,11 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/equipment", api_equipment)
     app.router.add_get("/api/alerts", api_alerts)
-    from gateway.events_api import add_event_routes  # /api/stats, /api/stats/top-defect-lines
-
-    add_event_routes(app, gw.events.store)
+    add_event_routes(app, gw.event_store)  # /api/stats, /api/stats/top-defect-lines
     return app
 
 
-async def start_http(gw: Gateway, host: str, port: int) -> web.AppRunner:
+async def start_http(gw: StatusView, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(build_app(gw), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -70,7 +67,7 @@ def _iso_s(epoch_s: float) -> str:
     return iso_ms(round(epoch_s * 1000) * 1_000_000)
 
 
-def equipment_view(gw: Gateway) -> list[dict[str, Any]]:
+def equipment_view(gw: StatusView) -> list[dict[str, Any]]:
     """Every known equipment, sorted by name, with its sensors' latest values."""
     sensors: dict[str, dict[str, dict[str, Any]]] = {}
     lines: dict[str, str] = {}
@@ -115,7 +112,7 @@ def _alert_json(a: Alert) -> dict[str, Any]:
 
 
 def alerts_view(
-    gw: Gateway,
+    gw: StatusView,
     *,
     state: str = "active",
     equipment: str | None = None,
@@ -145,12 +142,12 @@ def _bad_request(message: str) -> web.Response:
 
 
 async def api_equipment(request: web.Request) -> web.Response:
-    gw = cast("Gateway", request.app[GATEWAY_KEY])
+    gw = cast(StatusView, request.app[GATEWAY_KEY])
     return web.json_response(equipment_view(gw))
 
 
 async def api_alerts(request: web.Request) -> web.Response:
-    gw = cast("Gateway", request.app[GATEWAY_KEY])
+    gw = cast(StatusView, request.app[GATEWAY_KEY])
     q = request.query
     state = q.get("state", "active")
     if state not in ALERT_STATES:

@@ -3,7 +3,7 @@
 - ``GET /api/stats?machine=M&start=T&end=T``
 - ``GET /api/stats/top-defect-lines?factory=F&from=T&to=T&limit=N`` (limit 1..1000, default 10)
 
-Times are ISO 8601 or epoch numbers (as `gateway.timestamps.parse_ts`); windows are
+Times are ISO 8601 or epoch numbers (as `gateway.core.timestamps.parse_ts`); windows are
 half-open [start, end). A missing or bad parameter is a 400 with ``{"error": "..."}``.
 Answers come from the gateway's in-memory event state (the last ``[events]
 dedup_window`` event ids); InfluxDB keeps the full history.
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.timestamps import parse_ts
+from gateway.core.timestamps import parse_ts
 
 if TYPE_CHECKING:
-    from gateway.events import EventStore
+    from gateway.core.events import EventStore
 
 MAX_LIMIT = 1000
 

@@ -4,7 +4,7 @@ Pure and batch-oriented: one call turns a batch into one `bytes` body. The
 tag part of a readings line is cached per series, so a steady stream pays
 for escaping once per series, not once per reading.
 
->>> from gateway.model import Reading, Score
+>>> from gateway.core.model import Reading, Score
 >>> r = Reading("press 1", "temperature", 21.5, 1700000000000000000, "celsius",
 ...             {"line": "line-1"}, "mqtt")
 >>> print(ReadingLines().build([(r, Score(0.5, []))]).decode().replace(" value", "\n value"))
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from gateway.model import Reading, Score
+from gateway.core.model import Reading, Score
 
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 
@@ -104,7 +104,7 @@ def reading_keys(body: bytes) -> Iterator[tuple[str, str, int]]:
     Used at start-up to rebuild the duplicate memory from the spool. Lines it cannot
     read are skipped: the worst case is a redelivery stored twice, never a loss.
 
-    >>> from gateway.model import Reading, Score
+    >>> from gateway.core.model import Reading, Score
     >>> r = Reading("press 1", "t,c=x", 1.5, 17, "", {"line": "l 1"})
     >>> body = ReadingLines().build([(r, Score(None, []))])
     >>> list(reading_keys(body + b'\nalerts,equipment=x state="raised" 18'))

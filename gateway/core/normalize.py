@@ -24,7 +24,7 @@ Decisions:
 - ``value`` must be a JSON number. A numeric string (``"23.5"``), bool, null,
   array or object is ``invalid_value``. Bare ``NaN``/``Infinity`` and
   out-of-double numbers such as ``1e400`` are not JSON: the message is ``malformed``.
-- ``ts`` follows `gateway.timestamps.parse_ts`; absent or null means receive
+- ``ts`` follows `gateway.core.timestamps.parse_ts`; absent or null means receive
   time. An unparseable ``ts`` is ``malformed``; a parseable one past the int64 ns
   range is ``future_timestamp``/``stale_timestamp`` like any other.
 - ``quality`` absent, null or "good" (any case) is good; anything else is ``bad_quality``.
@@ -54,7 +54,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.config import Subscription, ValidationConfig
-from gateway.model import (
+from gateway.core.model import (
     BAD_QUALITY,
     DUPLICATE,
     FUTURE_TIMESTAMP,
@@ -69,8 +69,8 @@ from gateway.model import (
     Reading,
     Reject,
 )
-from gateway.series import RecentKeys, SeriesRegistry
-from gateway.timestamps import TimestampRangeError, parse_ts
+from gateway.core.series import RecentKeys, SeriesRegistry
+from gateway.core.timestamps import TimestampRangeError, parse_ts
 
 Bounds = Callable[[str, str, str], tuple[float | None, float | None]]
 
@@ -357,7 +357,7 @@ class Normalizer:
 
     def _when(self, ts: object) -> _When:
         """(ts ns, "", "") or (0, reason, detail) for a payload timestamp."""
-        if type(ts) is int and -_E17 < ts < _E17:  # epoch s/ms/µs; see gateway.timestamps
+        if type(ts) is int and -_E17 < ts < _E17:  # epoch s/ms/µs; see gateway.core.timestamps
             a = ts if ts >= 0 else -ts
             tns = ts * 1_000_000_000 if a < _E11 else ts * 1_000_000 if a < _E14 else ts * 1_000
         else:

@@ -7,7 +7,7 @@ of them::
      "machine_id": "M-001", "line_id": "LINE-A", "factory_id": "F01",
      "duration_ms": 4312, "defect_count": 0}
 
-Rules (rejects use the reading reasons of `gateway.model`):
+Rules (rejects use the reading reasons of `gateway.core.model`):
 
 - ``event_id`` (string, or integer taken as its decimal string), ``event_time``,
   ``duration_ms`` and ``defect_count`` are required (``missing_field``; null is absent).
@@ -47,10 +47,10 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.alerts import iso_ms
 from gateway.config import EventsConfig, Subscription, ValidationConfig
-from gateway.lineproto import quote_field, tag_set
-from gateway.model import (
+from gateway.core.alerts import iso_ms
+from gateway.core.lineproto import quote_field, tag_set
+from gateway.core.model import (
     FUTURE_TIMESTAMP,
     INVALID_VALUE,
     MALFORMED,
@@ -61,10 +61,10 @@ from gateway.model import (
     RawMessage,
     Reject,
 )
-from gateway.normalize import name_problem
-from gateway.snapshots import json_pieces
-from gateway.timestamps import TimestampRangeError, parse_ts
-from gateway.topics import TopicTemplate
+from gateway.core.normalize import name_problem
+from gateway.core.snapshots import json_pieces
+from gateway.core.timestamps import TimestampRangeError, parse_ts
+from gateway.core.topics import TopicTemplate
 
 MEASUREMENT: Final = "machine_events"
 UNKNOWN_DEFECTS: Final = -1

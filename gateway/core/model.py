@@ -1,7 +1,7 @@
 """The value types that flow through the pipeline.
 
 Plain slotted dataclasses: they are created once per reading on the hot path,
-so they do no validation of their own. `gateway.normalize` is the one place
+so they do no validation of their own. `gateway.core.normalize` is the one place
 that turns untrusted bytes into a `Reading` (or a `Reject` saying why not).
 """
 

@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.model import REJECT_REASONS
+from gateway.core.model import REJECT_REASONS
 
 # `*_created` samples only add noise to a scrape of a long-running daemon.
 disable_created_metrics()
