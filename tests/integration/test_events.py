@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +112,27 @@ def test_concurrent_duplicates_store_one_point_per_id(
     # VictoriaMetrics without deduplication keeps every sample written: exactly one per id.
     match = victoria.selector("machine_events_defect_count", factory=factory)
     victoria.wait_for_count(match, n, timeout=15)
-    time.sleep(1.0)  # anything written twice would show up by now
-    victoria.force_flush()
+    # A sentinel event, published after every copy above was counted, is spooled and
+    # written after them: once it is searchable, so is any point written twice.
+    sentinel_ms = base - 1000
+    with MqttProbe(mosquitto.port) as p:
+        p.publish(f"factory/{factory}/{line}/M-S/events", event("E-sentinel", sentinel_ms, 7))
+    deadline = time.monotonic() + 15
+    while True:
+        victoria.force_flush()
+        exported = victoria.export(match)
+        if any(sentinel_ms in s["timestamps"] for s in exported):
+            break
+        assert time.monotonic() < deadline, "the sentinel event never reached VictoriaMetrics"
+        time.sleep(0.1)
     stamps: list[int] = []
     values: dict[int, float] = {}
-    for series in victoria.export(match):
+    for series in exported:
         stamps.extend(series["timestamps"])
         values.update(zip(series["timestamps"], series["values"], strict=True))
-    assert sorted(stamps) == [base + i * 1000 for i in range(n)]
+    assert sorted(stamps) == [sentinel_ms] + [base + i * 1000 for i in range(n)]
     assert [values[base + i * 1000] for i in range(n)] == [float(i % 3) for i in range(n)]
+    assert values[sentinel_ms] == 7.0
 
     # the stats endpoint sees the same events
     window = {"start": iso_ms(base), "end": iso_ms(base + n * 1000)}
@@ -209,6 +223,64 @@ def test_update_stats_and_defect_rate_alert(spawn: Gateways, mosquitto: Mosquitt
             assert status == 400 and "\n" not in err["error"]
 
 
+def dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel, depth first, including those nested in rows (a collapsed row keeps
+    its panels in its own ``panels`` list)."""
+    for panel in panels:
+        yield panel
+        yield from dashboard_panels(panel.get("panels", []))
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> dict[str, list[str]]:
+    """Every InfluxQL query of the dashboard: panel title -> its targets' queries, plus
+    ``$<name>`` -> the query of each query-type template variable."""
+    out: dict[str, list[str]] = {}
+    for panel in dashboard_panels(dashboard["panels"]):
+        queries = []
+        for t in panel.get("targets", []):
+            # builder-mode targets have no raw text to run here: the dashboard must not use them
+            assert t.get("rawQuery") and t.get("query"), (panel.get("title"), t)
+            queries.append(t["query"])
+        if queries:
+            assert panel["title"] not in out, f"two panels titled {panel['title']!r}"
+            out[panel["title"]] = queries
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            out[f"${var['name']}"] = [var["query"]]
+    return out
+
+
+def expand_macros(q: str, factory: str) -> str:
+    """A dashboard query with Grafana's macros and the $factory variable filled in."""
+    out = (
+        q.replace("$timeFilter", "time > now() - 1d")
+        .replace("$__interval", "1m")
+        .replace("/^$factory$/", f"/^{factory}$/")
+    )
+    assert not re.search(r"\$[\w{]", out), f"a macro this test does not fill in: {out!r}"
+    return out
+
+
+def per_tag_totals(series: list[dict[str, Any]], tag: str) -> dict[str, float]:
+    """Tag value -> the sum of the first value column over all rows (time buckets);
+    fill(0) buckets count 0. A tag value seen twice would be two series: refused."""
+    out: dict[str, float] = {}
+    for s in series:
+        key = s["tags"][tag]
+        assert key not in out, f"two series for {tag}={key}"
+        out[key] = sum(row[1] or 0 for row in s["values"])
+    return out
+
+
+def per_tag_row(series: list[dict[str, Any]], tag: str) -> dict[str, list[Any]]:
+    """Tag value -> the value columns of its one row (an aggregate without GROUP BY time)."""
+    out: dict[str, list[Any]] = {}
+    for s in series:
+        assert len(s["values"]) == 1, s
+        out[s["tags"][tag]] = s["values"][0][1:]
+    return out
+
+
 def test_influxdb_update_and_moved_point(
     mosquitto: Mosquitto, influxdb1: InfluxDB1, tmp_path: Path
 ) -> None:
@@ -219,52 +291,82 @@ def test_influxdb_update_and_moved_point(
     pool = Gateways(mosquitto.port, influxdb1.url, tmp_path)
     try:
         gw = pool(EVENTS_TOML + f'\n[influx]\napi = "v1"\ndatabase = "{db}"\n')
-        factory = uid("F")
+        factory, m1, m9 = uid("F"), uid("M"), uid("M")
         base = now_ms() - 60_000
-        with MqttProbe(mosquitto.port) as p:
-            p.publish(f"factory/{factory}/L1/M1/events", event("A", base, defects=2))
-            p.publish(f"factory/{factory}/L1/M1/events", event("B", base + 1000, defects=-1))
+        with MqttProbe(mosquitto.port, [f"alerts/events/{m1}/#"]) as p:
+            p.publish(f"factory/{factory}/L1/{m1}/events", event("A", base, defects=2))
+            p.publish(f"factory/{factory}/L1/{m1}/events", event("B", base + 1000, defects=-1))
             gw.wait_metric("edge_events_total", lambda v: v == 2, result="stored")
-            p.publish(f"factory/{factory}/L1/M1/events", event("A", base, defects=5))  # update
-            p.publish(f"factory/{factory}/L2/M9/events", event("B", base + 2000, defects=1))
+            p.publish(f"factory/{factory}/L1/{m1}/events", event("A", base, defects=5))  # update
+            p.publish(f"factory/{factory}/L2/{m9}/events", event("B", base + 2000, defects=1))
             gw.wait_metric("edge_events_total", lambda v: v == 2, result="update")
+            # defect_count -1 ("unknown"): an event, never defects
+            p.publish(f"factory/{factory}/L1/{m1}/events", event("C", base + 3000, defects=-1))
+            gw.wait_metric("edge_events_total", lambda v: v == 3, result="stored")
+            # A's first 2 defects in the trailing hour reached 2.0/h: one defect_rate alert
+            # (the update to 5 changes its value in memory, not in InfluxDB)
+            [raised] = [m.json() for m in p.wait_for(f"alerts/events/{m1}/*")]
+            assert (raised["kind"], raised["state"], raised["value"]) == (
+                "defect_rate",
+                "raised",
+                2.0,
+            )
+        # C, published last, is written last (one spool, sent in order): once InfluxDB has
+        # it, it has everything above, the alert point of A's first write included.
+        deadline = time.monotonic() + 10
+        c_query = f"SELECT * FROM machine_events WHERE factory = '{factory}' AND event_id = 'C'"
+        while not influxdb1.query(c_query, db)["results"][0].get("series"):
+            assert time.monotonic() < deadline, "event C never reached InfluxDB"
+            time.sleep(0.1)
         q = (
             'SELECT sum("defect_count") AS defects, count("event_id") AS events '
             f"FROM machine_events WHERE factory = '{factory}' AND superseded = false "
             'AND defect_count >= 0 GROUP BY "line"'
         )
-        deadline = time.monotonic() + 10
-        while True:
-            res = influxdb1.query(q, db)["results"][0].get("series", [])
-            got = {s["tags"]["line"]: s["values"][0][1:] for s in res}
-            if got == {"L1": [5, 1], "L2": [1, 1]}:
-                break
-            assert time.monotonic() < deadline, got
-            time.sleep(0.2)
+        res = influxdb1.query(q, db)["results"][0].get("series", [])
+        assert {s["tags"]["line"]: s["values"][0][1:] for s in res} == {"L1": [5, 1], "L2": [1, 1]}
         raw = influxdb1.query(
             f"SELECT * FROM machine_events WHERE factory = '{factory}'", db, epoch="ms"
         )["results"][0]["series"][0]
         cols = raw["columns"]
         rows = [dict(zip(cols, v, strict=True)) for v in raw["values"]]
-        assert len(rows) == 3  # A (overwritten in place), B's old point (superseded), B new
+        # A (overwritten in place), B's old point (superseded), B new, C
+        assert len(rows) == 4
         old_b = next(r for r in rows if r["line"] == "L1" and r["event_id"] == "B")
         assert old_b["superseded"] is True
 
-        # every InfluxQL query of the Grafana dashboard runs, and the per-line totals match
-        results = {}
-        for panel in json.loads(DASHBOARD.read_text())["panels"]:
-            for t in panel["targets"]:
-                q = (
-                    t["query"]
-                    .replace("$timeFilter", "time > now() - 1d")
-                    .replace("$__interval", "1m")
-                    .replace("/^$factory$/", f"/^{factory}$/")
-                )
-                results[panel["title"]] = influxdb1.query(q, db)["results"][0].get("series", [])
-        top = results["Top defect lines (time range)"]
-        assert {s["tags"]["line"]: s["values"][0][1] for s in top} == {"L1": 5, "L2": 1}
-        health = results["Machine health: defects in the last hour"]
-        assert {s["tags"]["machine"]: s["values"][0][1] for s in health} == {"M1": 5, "M9": 1}
+        # Every InfluxQL query of the Grafana dashboard, nested panels included, runs (a
+        # broken one raises ServerError) and returns exactly what this test wrote. A panel
+        # this test has no expectation for (or one the walk misses) fails the key check.
+        queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+        results: dict[str, list[list[dict[str, Any]]]] = {
+            title: [
+                influxdb1.query(expand_macros(q, factory), db)["results"][0].get("series", [])
+                for q in qs
+            ]
+            for title, qs in queries.items()
+        }
+        summaries: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
+            "Defects per line": lambda r: per_tag_totals(r, "line"),
+            "Top defect lines (time range)": lambda r: per_tag_row(r, "line"),
+            "Machine health: defects in the last hour": lambda r: per_tag_row(r, "machine"),
+            "Defect rate per machine (per hour)": lambda r: per_tag_totals(r, "machine"),
+            "Events per machine": lambda r: per_tag_totals(r, "machine"),
+            "defect_rate alerts": lambda r: per_tag_row(r, "equipment"),
+            "$factory": lambda r: [row[1] for s in r for row in s["values"]],
+        }
+        want = {
+            "Defects per line": [{"L1": 5, "L2": 1}],
+            "Top defect lines (time range)": [{"L1": [5], "L2": [1]}],
+            "Machine health: defects in the last hour": [{m1: [5], m9: [1]}],
+            "Defect rate per machine (per hour)": [{m1: 5, m9: 1}],
+            "Events per machine": [{m1: 2, m9: 1}],  # A and C; the superseded B is not counted
+            "defect_rate alerts": [{m1: ["raised", 2.0, raised["message"]]}],
+            "$factory": [[factory]],
+        }
+        assert sorted(results) == sorted(want)
+        got_all = {t: [summaries[t](r) for r in rs] for t, rs in results.items()}
+        assert got_all == want
     finally:
         problems = pool.close()
     assert not problems, "\n".join(problems)

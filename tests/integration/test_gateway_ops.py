@@ -106,8 +106,18 @@ def test_sigterm_drains_buffered_readings_and_exits_0(
         p.wait_for(lambda m: m.payload == b"online")
         p.publish(f"plant/line-d/{eq}/temperature", [30.0 + i for i in range(n)])
         gw.wait_metric("edge_readings_received_total", lambda v: v == n, source="mqtt")
-        time.sleep(0.3)
+        # Positive markers instead of a quiet window, with the gateway's own 1 s tick as
+        # the clock: it counts new series (edge_series_active). Each sentinel, a reading of
+        # a new series, is published after the tick counted the one before, so the last
+        # is counted two ticks (>= 2 s) after the readings were taken in: by then a sender
+        # that did not wait for the flush interval (or used the 1 s default) has written.
+        gw.wait_metric("edge_series_active", lambda v: v == 1)
+        sentinels = [uid("drain-sentinel") for _ in range(2)]
+        for count, sentinel in enumerate(sentinels, start=2):
+            p.publish(f"plant/line-d/{sentinel}/temperature", 1.0)
+            gw.wait_metric("edge_series_active", lambda v: v == count)  # noqa: B023 (called at once)
         assert gw.metric("edge_readings_written_total") == 0
+        assert gw.metric("edge_influx_write_seconds_count") == 0
         assert gw.stop() == 0
         # a clean goodbye: retained `offline` on the gateway status topic
         p.wait_for(lambda m: m.payload == b"offline")
@@ -115,24 +125,43 @@ def test_sigterm_drains_buffered_readings_and_exits_0(
     assert victoria.wait_for_count(match, n) == n
     values = sorted(v for _, v in victoria.series_values("readings_value", equipment=eq))
     assert values == [30.0 + i for i in range(n)]
+    for sentinel in sentinels:  # drained too
+        assert victoria.series_values("readings_value", equipment=sentinel)[0][1] == 1.0
     assert "gateway: stopped" in gw.log_text()
 
 
 def test_influx_writes_wait_for_batch_size_or_flush_interval(
     spawn: Gateways, mosquitto: Mosquitto
 ) -> None:
-    # README / deploy example: written when batch_size readings wait, or every
-    # flush_interval_ms, whichever comes first.
-    gw = spawn("[influx]\nflush_interval_ms = 3000\nbatch_size = 1000\n")
-    eq = uid("batching")
+    """README / deploy example: written when batch_size readings wait, or every
+    flush_interval_ms, whichever comes first. No step depends on how fast the machine is.
+    """
+    # 1. batch_size: with a flush interval far beyond the test, 19 readings are held and
+    # the 20th completes the batch. ONE write of all 20 proves the 19 waited for it.
+    gw = spawn("[influx]\nflush_interval_ms = 600000\nbatch_size = 20\n")
+    topic = f"plant/line-b/{uid('batching')}/temperature"
     with MqttProbe(mosquitto.port) as p:
-        for i in range(20):  # 20 messages over ~0.4 s, far inside one flush interval
-            p.publish(f"plant/line-b/{eq}/temperature", float(i))
-            time.sleep(0.02)
-    gw.wait_metric("edge_readings_received_total", lambda v: v == 20, source="mqtt")
-    written_early = gw.metric("edge_readings_written_total")
-    gw.wait_metric("edge_readings_written_total", lambda v: v == 20, timeout=10)
-    assert written_early == 0
+        p.publish(topic, [float(i) for i in range(19)])
+        gw.wait_metric("edge_readings_received_total", lambda v: v == 19, source="mqtt")
+        gw.wait_metric("edge_spool_bytes", lambda v: v > 0)  # the sender has seen them
+        assert gw.metric("edge_readings_written_total") == 0
+        p.publish(topic, 19.0)
+    gw.wait_metric("edge_readings_written_total", lambda v: v == 20, timeout=30)
+    assert gw.metric("edge_influx_write_seconds_count") == 1
+
+    # 2. flush_interval_ms: 5 readings, far below batch_size, are written by the timer,
+    # and not before it: the sender's deadline starts when it sees them, after `t0`, so
+    # `waited` can only come out longer on a slow machine (asyncio may fire a timer up
+    # to its clock resolution early: 1.95, not 2.0). The 30 s only catches "never".
+    gw = spawn("[influx]\nflush_interval_ms = 2000\nbatch_size = 1000\n")
+    topic = f"plant/line-b/{uid('interval')}/temperature"
+    with MqttProbe(mosquitto.port) as p:
+        t0 = time.monotonic()
+        p.publish(topic, [float(i) for i in range(5)])
+        gw.wait_metric("edge_readings_written_total", lambda v: v == 5, timeout=30)
+        waited = time.monotonic() - t0
+    print(f"flush_interval_ms = 2000: written {waited:.2f} s after the publish")
+    assert waited >= 1.95
     assert gw.metric("edge_influx_write_seconds_count") == 1
 
 
