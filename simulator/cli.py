@@ -19,8 +19,8 @@ from types import FrameType
 
 import orjson
 
-from simulator import opcua as opcua_sim
 from simulator.anomalies import KINDS, AnomalyConfig, AnomalyEvent, Injection
+from simulator.opcua import command as opcua_sim
 
 SPIKE_AT_SERIES = "device-001:temperature"
 

@@ -1,8 +1,11 @@
 """OPC UA source (asyncua): subscriptions on PLC variables -> raw messages (see README.md).
 
 This package's top level imports no network library: the pipeline uses the
-constants below to build the normalizer of source ``opcua``; the asyncua-based
-`OpcuaSource` lives in `adapters.opcua.source`.
+constants below to build the normalizer of source ``opcua``. The asyncua-based
+modules, along the data path: `source` (`OpcuaSource`: reconnects, errors,
+metrics), `session` (one connection: open, subscribe, publish handling, watchdog,
+close), `security` (endpoint and certificates), `browse` (which variables),
+`encoding` (value -> payload), `errors` (failure kinds).
 
 Each data change becomes a `RawMessage` with topic ``opcua/{line}/{equipment}/{sensor}``
 (``-`` as the line level when there is no line; the payload then carries

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from simulator.opcua import CLIENT_APP_URI, make_certificate
+from simulator.opcua import CLIENT_APP_URI
+from simulator.opcua.certs import make_certificate
 from tests.harness import GatewayProcess, Gateways, MqttProbe, uid
 from tests.opcua_sim import OpcuaSim, write_value
 from tests.servers import Mosquitto, VictoriaMetrics, http_request

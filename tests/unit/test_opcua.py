@@ -17,7 +17,8 @@ import orjson
 import pytest
 from asyncua import ua
 
-from adapters.opcua.source import Item, OpcuaFailure, classify, encode, map_browse_path, ts_ns
+from adapters.opcua.encoding import Item, encode, map_browse_path, ts_ns
+from adapters.opcua.errors import OpcuaFailure, classify
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.core.model import RawMessage
 

@@ -1,29 +1,9 @@
-"""``edge-sim opcua``: an OPC UA server (asyncua) exposing the simulated plant.
+"""The simulated plant as an OPC UA server: `PlantServer` and its `SimOptions`.
 
-Address space (namespace ``urn:edge-gateway:simulator``, index 2)::
-
-    Objects/Plant/<line>/<equipment>/<sensor>     Double, EngineeringUnits + EURange
-    Objects/Plant/<line>/<equipment>/running      Boolean (always true)
-    Objects/Plant/<line>/<equipment>/firmware     String (not a measurement)
-    Objects/Plant/load/load-NNN/vNN               Double, with --load N (--load-name)
-
-Node ids are strings ``ns=2;s=<line>.<equipment>.<sensor>`` (e.g.
-``ns=2;s=line-1.device-001.temperature``). Values change at the profile periods
-through the pure `Plant` (same seeds and anomaly injection as ``edge-sim mqtt``);
-every write carries a SourceTimestamp. All variables are writable, so a test
-client can write a value with its own SourceTimestamp or a Bad status code.
-
-``--secure`` serves only Basic256Sha256 (Sign and SignAndEncrypt) endpoints with a
-self-signed server certificate generated into ``--cert-dir``, together with a
-client certificate/key pair that the server trusts; ``--trust FILE`` replaces that
-default so only the given client certificates are accepted.
-
-``--status-file`` is rewritten (atomically) every 0.5 s with the server-side view:
-sessions, subscriptions, monitored items (and the most items on any one node),
-and the number of value changes written. Tests use it to prove that reconnects
-leave no duplicate subscriptions or leaked sessions behind.
-
-This module imports asyncua lazily, so the ``edge-sim`` parser stays cheap.
+`PlantServer.setup()` builds the address space (see the package docstring),
+security and users; `run(stop)` serves it while tasks write the `Plant`'s values
+at the profile periods, the optional load variables at ``load_interval_ms``, and
+the status file every `STATUS_INTERVAL_S`. asyncua is imported inside the methods.
 """
 
 # asyncua annotates NodeId/DataValue fields with its own int/str/datetime aliases.
@@ -31,151 +11,33 @@ This module imports asyncua lazily, so the ``edge-sim`` parser stays cheap.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import os
-import signal
-import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simulator.anomalies import KINDS, AnomalyConfig, AnomalyEvent, Injection
+from simulator.anomalies import AnomalyConfig, AnomalyEvent, Injection
+from simulator.opcua import NAMESPACE_URI, SERVER_APP_URI
+from simulator.opcua.certs import CertFiles
 from simulator.plant import Plant
 from simulator.profiles import SEED_PLANT, SensorProfile
 
 if TYPE_CHECKING:
     from asyncua import Server, ua
 
-NAMESPACE_URI = "urn:edge-gateway:simulator"
-SERVER_APP_URI = "urn:edge-gateway:simulator:server"
-CLIENT_APP_URI = "urn:edge-gateway:client"
 LOAD_LINE = "load"
 LOAD_PER_EQUIPMENT = 100
 FIRMWARE = "1.4.2"
 STATUS_INTERVAL_S = 0.5
-SPIKE_AT_SERIES = "device-001:temperature"
 
 log = logging.getLogger("edge.sim.opcua")
-
-
-# ----------------------------------------------------------------- certificates
-
-
-def make_certificate(
-    cert_path: str | os.PathLike[str],
-    key_path: str | os.PathLike[str],
-    app_uri: str,
-    common_name: str,
-    *,
-    days: int = 365,
-) -> None:
-    """Write a self-signed RSA-2048 application certificate (DER) and key (PEM).
-
-    The certificate names ``app_uri`` as a URI SubjectAltName and covers
-    localhost, this host name and 127.0.0.1, with the key usages OPC UA
-    Basic256Sha256 needs; it is usable as client and as server certificate.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    hosts = sorted({"localhost", socket.gethostname()})
-    san = x509.SubjectAlternativeName(
-        [
-            x509.UniformResourceIdentifier(app_uri),
-            *(x509.DNSName(h) for h in hosts),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=True,
-                data_encipherment=True,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    Path(cert_path).write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    Path(key_path).write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    os.chmod(key_path, 0o600)
-
-
-@dataclass(frozen=True, slots=True)
-class CertFiles:
-    """The files ``--secure`` writes into the certificate directory."""
-
-    dir: Path
-
-    @property
-    def server_cert(self) -> Path:
-        return self.dir / "server-cert.der"
-
-    @property
-    def server_key(self) -> Path:
-        return self.dir / "server-key.pem"
-
-    @property
-    def client_cert(self) -> Path:
-        return self.dir / "client-cert.der"
-
-    @property
-    def client_key(self) -> Path:
-        return self.dir / "client-key.pem"
-
-    def ensure(self) -> None:
-        """Generate the server and the default client pair unless present."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.server_cert.exists() and self.server_key.exists()):
-            make_certificate(self.server_cert, self.server_key, SERVER_APP_URI, "edge-sim opcua")
-        if not (self.client_cert.exists() and self.client_key.exists()):
-            make_certificate(self.client_cert, self.client_key, CLIENT_APP_URI, "edge-gateway")
-
-
-# ------------------------------------------------------------------ the server
 
 
 @dataclass(slots=True)
@@ -524,155 +386,3 @@ async def _add_units(var: Any, idx: int, p: SensorProfile) -> None:
         "EURange",
         ua.Variant(ua.Range(Low=p.low, High=p.high), ua.VariantType.ExtensionObject),
     )
-
-
-# ------------------------------------------------------------------------- CLI
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``opcua`` sub-command to `edge-sim`'s sub-parsers."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "opcua",
-        help="serve the seed plant (and optional load variables) as an OPC UA server",
-        description="An OPC UA server with the seed plant under Objects/Plant/<line>/"
-        "<equipment>/<sensor>; values change at the profile periods with anomaly injection.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=4840)
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    p.add_argument("--quiet", action="store_true", help="do not print anomaly events")
-    p.add_argument("--status-file", type=Path, metavar="FILE", help="JSON server-side status")
-    plant = p.add_argument_group("plant")
-    plant.add_argument("--no-plant", action="store_true", help="do not expose the seed plant")
-    plant.add_argument("--seed", type=int, default=0)
-    plant.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
-    plant.add_argument("--anomaly-rate", type=float, default=0.0, metavar="P")
-    plant.add_argument("--anomaly-kinds", default=",".join(KINDS))
-    plant.add_argument(
-        "--inject", action="append", default=[], metavar="KIND:EQUIPMENT[:SENSOR]@SECONDS"
-    )
-    plant.add_argument("--spike-at", type=float, action="append", default=[], metavar="SECONDS")
-    plant.add_argument("--dropout-s", type=float, default=45.0, metavar="SECONDS")
-    load = p.add_argument_group("load")
-    load.add_argument("--load", type=int, default=0, metavar="N", help="N extra variables")
-    load.add_argument("--load-interval-ms", type=float, default=100.0, metavar="MS")
-    load.add_argument(
-        "--load-name",
-        default=LOAD_LINE,
-        metavar="NAME",
-        help="folder Plant/NAME/NAME-NNN/vNN for the load variables (default load)",
-    )
-    load.add_argument(
-        "--rate",
-        type=float,
-        metavar="N",
-        help="load value changes/s in total (sets --load-interval-ms; --load defaults to 1000)",
-    )
-    load.add_argument(
-        "--load-wait-items",
-        type=int,
-        default=0,
-        metavar="K",
-        help="start changing load variables once K monitored items exist",
-    )
-    load.add_argument("--load-duration", type=float, metavar="SECONDS")
-    sec = p.add_argument_group("security")
-    sec.add_argument(
-        "--secure", action="store_true", help="serve Basic256Sha256 Sign/SignAndEncrypt only"
-    )
-    sec.add_argument("--cert-dir", type=Path, default=Path("opcua-certs"), metavar="DIR")
-    sec.add_argument(
-        "--trust",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="CERT",
-        help="trust only these client certificates (default: the generated client cert)",
-    )
-    sec.add_argument(
-        "--user", action="append", default=[], metavar="NAME:PASSWORD", help="require a login"
-    )
-    return p
-
-
-def options_from_args(args: argparse.Namespace) -> SimOptions:
-    """`SimOptions` from parsed arguments; ValueError with a message on bad input."""
-    kinds = tuple(k.strip() for k in args.anomaly_kinds.split(",") if k.strip())
-    injections = [Injection.parse(s) for s in args.inject]
-    injections += [Injection.parse(f"spike:{SPIKE_AT_SERIES}@{t}") for t in args.spike_at]
-    if args.speed <= 0:
-        raise ValueError("--speed must be > 0")
-    if args.load < 0 or args.load_interval_ms <= 0:
-        raise ValueError("--load must be >= 0 and --load-interval-ms > 0")
-    load, interval_ms = args.load, args.load_interval_ms
-    name = args.load_name
-    if not name or not name.isprintable() or any(c in name for c in " ./+#:"):
-        raise ValueError(f"--load-name must be a plain name, got {args.load_name!r}")
-    if args.rate is not None:
-        if args.rate <= 0:
-            raise ValueError("--rate must be > 0")
-        load = load or 1000
-        interval_ms = load * 1000.0 / args.rate
-    if args.no_plant and (injections or args.anomaly_rate):
-        raise ValueError("--inject/--spike-at/--anomaly-rate need the plant (no --no-plant)")
-    users: dict[str, str] = {}
-    for u in args.user:
-        name, sep, pw = u.partition(":")
-        if not sep or not name:
-            raise ValueError(f"--user must be NAME:PASSWORD, got {u!r}")
-        users[name] = pw
-    return SimOptions(
-        host=args.host,
-        port=args.port,
-        seed=args.seed,
-        speed=args.speed,
-        anomalies=AnomalyConfig(rate=args.anomaly_rate, kinds=kinds, dropout_s=args.dropout_s),
-        injections=injections,
-        plant=not args.no_plant,
-        load=load,
-        load_name=args.load_name,
-        load_interval_ms=interval_ms,
-        load_wait_items=args.load_wait_items,
-        load_duration_s=args.load_duration,
-        secure=args.secure,
-        cert_dir=args.cert_dir,
-        trust=list(args.trust),
-        users=users,
-        status_file=args.status_file,
-        duration_s=args.duration,
-    )
-
-
-async def serve(opts: SimOptions, on_event: Callable[[AnomalyEvent], None] | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM (or ``duration_s``)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    server = PlantServer(opts, on_event)
-    await server.run(stop)
-    s = server.status()
-    print(f"edge-sim: served {s['changes']} value changes", flush=True)
-
-
-def run_cli(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    on_event: Callable[[AnomalyEvent], None] | None = None,
-) -> int:
-    """Entry point for ``edge-sim opcua``: 0 on a clean stop, 1 if the port is taken."""
-    try:
-        opts = options_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("asyncua").setLevel(logging.ERROR)
-    if opts.secure:
-        print(f"edge-sim: certificates in {opts.cert_dir}", file=sys.stderr, flush=True)
-    try:
-        asyncio.run(serve(opts, None if args.quiet else on_event))
-    except OSError as e:
-        print(f"edge-sim: cannot serve on {opts.host}:{opts.port}: {e}", file=sys.stderr)
-        return 1
-    return 0
