@@ -165,6 +165,41 @@ class OpcuaConfig(_Section):
     servers: list[OpcuaServer] = Field(default_factory=list)
 
 
+class DriftConfig(_Section):
+    """Lasting level shifts per series (river's ADWIN): README "Detection"."""
+
+    enabled: bool = True
+    delta: float = Field(default=0.002, gt=0, lt=1)  # ADWIN's confidence (river's default)
+    clock: int = Field(default=32, ge=1)  # readings between ADWIN's checks (river's default)
+    # a detected change counts only if the level moved by at least this many baseline stds
+    gate_sigma: float = Field(default=1.0, ge=0)
+
+
+class EquipmentDetectionConfig(_Section):
+    """One alert per equipment episode from all its sensors: README "Detection"."""
+
+    enabled: bool = True
+    warmup: int = Field(default=300, ge=2)  # readings per sensor before it is scored
+    baseline_s: float = Field(default=1200.0, gt=0)  # time constant of the slow reference
+    fast_s: float = Field(default=10.0, gt=0)  # time constant of the smoothed level
+    on_sigma: float = Field(default=3.0, gt=0)
+    off_sigma: float = Field(default=2.0, ge=0)
+    on_delay_s: float = Field(default=5.0, ge=0)
+    off_delay_s: float = Field(default=30.0, ge=0)
+    # an episode with no new change for this long: the level is accepted as normal
+    accept_s: float = Field(default=900.0, ge=0)
+    # z-score alerts of the equipment's sensors are part of its active episode
+    suppress_zscore: bool = True
+
+    @model_validator(mode="after")
+    def _levels(self) -> EquipmentDetectionConfig:
+        if self.off_sigma > self.on_sigma:
+            raise ValueError(
+                f"off_sigma must be <= on_sigma ({self.on_sigma}), got {self.off_sigma}"
+            )
+        return self
+
+
 class DetectionConfig(_Section):
     window: int = Field(default=100, ge=2, le=100_000)
     threshold_sigma: float = Field(default=3.0, gt=0)
@@ -172,9 +207,19 @@ class DetectionConfig(_Section):
     # |z| bands: [threshold, medium) low, [medium, critical) medium, >= critical critical.
     medium_sigma: float = Field(default=4.0, gt=0)
     critical_sigma: float = Field(default=5.0, gt=0)
-    # After this many consecutive anomalous readings on the same side of the
-    # mean, the level is taken as the new normal and the baseline restarts.
-    shift_after: int = Field(default=10, ge=1)
+    # A low/medium z-score alert is raised once this many consecutive readings were
+    # beyond threshold_sigma (1: at once); a critical one always at once.
+    zscore_alert_after: int = Field(default=5, ge=1)
+    # an active z-score alert's readings count as normal below threshold - deadband
+    zscore_deadband: float = Field(default=0.5, ge=0)
+    # a low/medium z-score alert also needs the sensor this many stds away from its slow
+    # reference (the equipment detector's), once that is warm; 0: not needed
+    zscore_confirm_sigma: float = Field(default=2.0, ge=0)
+    # 0: off (the drift detector restarts the baseline on a lasting shift). N: after N
+    # consecutive anomalous readings on one side the baseline restarts (the old rule).
+    shift_after: int = Field(default=0, ge=0)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    equipment: EquipmentDetectionConfig = Field(default_factory=EquipmentDetectionConfig)
 
     @model_validator(mode="after")
     def _bands(self) -> DetectionConfig:
@@ -185,6 +230,11 @@ class DetectionConfig(_Section):
             )
         if self.warmup > self.window:
             raise ValueError(f"warmup must be <= window ({self.window}), got {self.warmup}")
+        if self.zscore_deadband >= self.threshold_sigma:
+            raise ValueError(
+                f"zscore_deadband must be < threshold_sigma ({self.threshold_sigma}), "
+                f"got {self.zscore_deadband}"
+            )
         return self
 
 

@@ -67,6 +67,8 @@ def run_once(msgs: list[RawMessage], per_batch: int = 1000) -> tuple[float, int,
                 sc = det.score(r)
                 alerts.observe(r, sc, now)
                 out.append((r, sc))
+        for equipment, line, ep in det.drain_episodes():
+            alerts.episode(equipment, line, ep, now)
         lines.build(out)
         n += len(out)
     dt = time.perf_counter() - t0

@@ -247,7 +247,7 @@ format = "fields"
 """
 
 
-def replay_core(f: SkabFile) -> list[Event]:
+def replay_core(f: SkabFile, extra_toml: str = "") -> list[Event]:
     """`f` through the pure core as `Gateway.process` runs it; the alert events it makes.
 
     Time for the alert manager is the gateway's clock in the live path; here it is the
@@ -264,10 +264,10 @@ def replay_core(f: SkabFile) -> list[Event]:
     from gateway.core.model import RawMessage
     from gateway.core.normalize import Normalizer
 
-    settings = Settings.model_validate(tomllib.loads(REPLAY_TOML))
+    settings = Settings.model_validate(tomllib.loads(REPLAY_TOML + extra_toml))
     rules = RuleSet(settings.rules)
     norm = Normalizer(settings.mqtt.subscriptions, settings.validation)
-    det = Detectors(settings.detection, rules)
+    det = Detectors(settings.detection, rules, settings.alerts.clear_after)
     alerts = AlertManager(settings.alerts)
     out: list[Event] = []
     topic = f"skab/line-skab/{f.equipment}"
@@ -275,10 +275,14 @@ def replay_core(f: SkabFile) -> list[Event]:
         now_ns = time.time_ns()
         msg = RawMessage(topic, orjson.dumps(body), time.monotonic(), now_ns, "mqtt", 0)
         readings, _ = norm.normalize(msg)
+        now = time.time()
+        transitions = []
         for r in readings:
             alerts.seen(r.equipment, r.ts)
-            for a in alerts.observe(r, det.score(r), time.time()):
-                out.append(Event(a.id, a.state, a.kind, a.ts / 1e9))
+            transitions.extend(alerts.observe(r, det.score(r), now))
+        for equipment, line, ep in det.drain_episodes():
+            transitions.extend(alerts.episode(equipment, line, ep, now))
+        out.extend(Event(a.id, a.state, a.kind, a.ts / 1e9) for a in transitions)
     return out
 
 

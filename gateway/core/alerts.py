@@ -25,7 +25,9 @@ import orjson
 from gateway.config import AlertsConfig
 from gateway.core.model import (
     DEFECT_RATE,
+    DRIFT,
     EQUIPMENT_SENSOR,
+    MULTIVARIATE,
     OFFLINE,
     SEVERITY_RANK,
     Reading,
@@ -56,6 +58,9 @@ ACTIVE_STATES: Final = (RAISED, ESCALATED, ACKNOWLEDGED)
 ONLINE: Final = "online"
 OFFLINE_STATUS: Final = "offline"
 ANOMALY: Final = "anomaly"
+
+# Kinds of the one episode alert per equipment (gateway.core.detectors.equipment).
+EPISODE_KINDS: Final = (MULTIVARIATE, DRIFT)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SNAPSHOT_VERSION: Final = 1
@@ -336,6 +341,58 @@ class AlertManager:
             return []
         a.value = rate
         return [self._clear(a, _ns(now), now, f"{msg}, back below {_fmt(threshold)}/h")]
+
+    def episode(
+        self, equipment: str, line: str, ep: tuple[str, str, str, str, float, str, int], now: float
+    ) -> list[Alert]:
+        """Apply one equipment-episode transition (`detectors.equipment.Episode`).
+
+        One episode alert per equipment (sensor ``*``), of kind ``multivariate`` or
+        ``drift`` (what started it); ``raise`` while one is active updates it,
+        ``escalate`` raises its severity (a further level shift), ``clear`` ends it.
+        The message names the sensors it is about; `ts` is the reading's time.
+        """
+        action, kind, severity, _sensor, value, message, ts = ep
+        eqd = self._series.get(equipment)
+        kinds = eqd.get(EQUIPMENT_SENSOR) if eqd is not None else None
+        a = None
+        if kinds is not None:
+            a = kinds.get(EPISODE_KINDS[0]) or kinds.get(EPISODE_KINDS[1])
+        if action == "clear":
+            if a is None:
+                return []
+            a.value = value
+            return [self._clear(a, ts, now, f"{equipment}: {message}")]
+        text = f"{equipment}: {message}"
+        if a is None:
+            if action != "raise":
+                return []
+            a = Alert(
+                id=str(uuid.uuid4()),
+                equipment=equipment,
+                sensor=EQUIPMENT_SENSOR,
+                line=line,
+                kind=kind,
+                severity=severity,
+                state=RAISED,
+                value=value,
+                z=None,
+                mean=None,
+                std=None,
+                threshold=None,
+                ts=ts,
+                raised_at=now,
+                updated_at=now,
+                message=text,
+            )
+            self._add(a)
+            return [a.copy()]
+        a.value, a.ts, a.updated_at, a.message = value, ts, now, text
+        if _rank(severity) > _rank(a.severity):
+            a.severity = severity
+            a.state = ESCALATED
+            return [a.copy()]
+        return []
 
     def _clear(self, a: Alert, ts: int, now: float, message: str) -> Alert:
         """End an active alert: the `cleared` transition, and it is no longer active."""

@@ -41,13 +41,18 @@ def format_float(v: float) -> str:
 
 
 class ReadingLines:
-    """Builds `readings` lines; keeps the per-series tag prefix cache."""
+    """Builds `readings` lines; keeps the per-series tag prefix cache.
 
-    __slots__ = ("_cache", "_max")
+    ``anomaly`` is true when the reading has a finding (it is part of an alert) or its
+    |z| reached `z_threshold` (an anomalous reading, whether or not it raised an alert).
+    """
 
-    def __init__(self, max_cached: int = 200_000) -> None:
+    __slots__ = ("_cache", "_max", "_thr")
+
+    def __init__(self, max_cached: int = 200_000, z_threshold: float = 3.0) -> None:
         self._cache: dict[tuple[object, ...], str] = {}
         self._max = max_cached
+        self._thr = z_threshold
 
     def _prefix(self, r: Reading) -> str:
         key = (r.equipment, r.sensor, r.unit, r.source, *r.tags.items())
@@ -66,9 +71,10 @@ class ReadingLines:
         parts: list[str] = []
         append = parts.append
         prefix = self._prefix
+        thr = self._thr
         for r, s in batch:
             z = s.z
-            flag = "true" if s.findings else "false"
+            flag = "true" if s.findings or (z is not None and (z >= thr or z <= -thr)) else "false"
             if z is None or not -1e300 < z < 1e300:  # also drops NaN / inf
                 append(f"{prefix(r)}{r.value!r},anomaly={flag} {r.ts}")
             else:

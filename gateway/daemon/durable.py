@@ -117,7 +117,7 @@ class DurableWriter:
         self.link = link
         self.spool = spool
         self.thread = thread
-        self.lines = ReadingLines()
+        self.lines = ReadingLines(z_threshold=settings.detection.threshold_sigma)
         self.spooled = asyncio.Event()
 
     async def run(self, writes: asyncio.Queue[WriteItem | None]) -> None:

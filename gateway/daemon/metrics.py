@@ -85,6 +85,20 @@ class Metrics:
             "edge_alert_acks_rejected_total", "Acknowledgements for unknown alerts", registry=r
         )
         self.alerts_active = Gauge("edge_alerts_active", "Alerts currently active", registry=r)
+        self.alarms_suppressed = Counter(
+            "edge_alarms_suppressed_total",
+            "Alert raises not published: on_delay (a z-score excursion shorter than "
+            "zscore_alert_after), by_design (part of the equipment's active episode)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("on_delay", "by_design"):
+            self.alarms_suppressed.labels(reason)
+        self.episodes_active = Gauge(
+            "edge_equipment_episodes_active",
+            "Equipment with an active multivariate or drift episode",
+            registry=r,
+        )
         self.series_active = Gauge("edge_series_active", "Distinct series seen", registry=r)
         self.pipeline_latency = Histogram(
             "edge_pipeline_latency_seconds",

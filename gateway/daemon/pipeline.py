@@ -186,6 +186,7 @@ class Gateway:
                 self._writes.put_nowait(([], lines, []))
         m = self.metrics
         m.series_active.set(p.detectors.series_count)
+        p.export_detector_counts()
         m.alerts_active.set(p.alerts.active_count)
         m.queue_depth.labels("ingest").set(self._ingest.qsize())
         m.queue_depth.labels("write").set(self._writes.qsize())

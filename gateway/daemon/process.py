@@ -63,7 +63,7 @@ class Processor:
             n.series = self.normalizer.series
             n.recent = self.normalizer.recent
             self.others[name] = n
-        self.detectors = Detectors(s.detection, self.rules)
+        self.detectors = Detectors(s.detection, self.rules, s.alerts.clear_after)
         self.offline = OfflineTracker(s.alerts.offline_after_s)
         self.alerts = AlertManager(s.alerts)
         self.events = EventPath(s.mqtt.subscriptions, s.validation, s.events)
@@ -153,9 +153,22 @@ class Processor:
                 self._m_received.inc(len(out) - n_other)
             self.latest.update({(p[0].equipment, p[0].sensor): p for p in out})
             self.metrics.pipeline_latency.observe(time.monotonic() - oldest)
+        detectors = self.detectors
+        if detectors.episodes:
+            for equipment, line, ep in detectors.drain_episodes():
+                transitions.extend(self.alerts.episode(equipment, line, ep, now))
         if self.events.parser.enabled:
             transitions.extend(self._events_done(now))
         return out, self.emit(transitions) + event_lines
+
+    def export_detector_counts(self) -> None:
+        """Suppressed raises and active episodes into the metrics (once a tick)."""
+        sup = self.detectors.suppressed
+        for reason, n in sup.items():
+            if n:
+                self.metrics.alarms_suppressed.labels(reason).inc(n)
+                sup[reason] = 0
+        self.metrics.episodes_active.set(self.detectors.episodes_active)
 
     def tick(self, now: float, mono: float) -> list[str]:
         """Time-driven transitions (offline, escalation, defect rates aging out); lines."""

@@ -24,6 +24,10 @@ def state_parts(p: Processor) -> dict[str, Part]:
     """file name -> (snapshot as pieces of bytes, restore)."""
     return {
         "detectors.json": (p.detectors.snapshot_chunks, p.detectors.restore),
+        "episodes.json": (
+            lambda: (p.detectors.episodes_snapshot(),),
+            p.detectors.restore_episodes,
+        ),
         "alerts.json": (lambda: (p.alerts.snapshot(),), p.alerts.restore),
         "events.json": (p.events.store.snapshot_chunks, p.events.store.restore),
         "equipment.json": (

@@ -63,7 +63,9 @@ BANDS = {"s_low": (3.5, "low"), "s_medium": (4.5, "medium"), "s_critical": (8.0,
 def test_zscore_spike_raises_one_alert_per_band_then_clears(
     spawn: Gateways, probe: MqttProbe, mosquitto: Mosquitto, victoria: VictoriaMetrics
 ) -> None:
-    gw = spawn()
+    # every band from a single reading: the SPEC's z-score alerting, without the default
+    # persistence for low/medium (tested in test_zscore_low_band_needs_a_persisting_run)
+    gw = spawn("[detection]\nzscore_alert_after = 1\n")
     eq = uid("z-eq")
     probe.subscribe(f"alerts/events/{eq}/+", f"alerts/active/{eq}/#", f"status/{eq}")
     # the detector's baseline: every value learned so far (window 100 > all of them)
@@ -363,3 +365,45 @@ def test_alert_burst_is_published_without_a_log_line_per_message(
     lines = [x for x in gw.log_text().splitlines() if x.strip()]
     assert not [x for x in lines if "pending publish" in x]
     assert len(lines) < 20, "\n".join(lines[-30:])
+
+
+def test_zscore_low_band_needs_a_persisting_run_critical_raises_at_once(
+    spawn: Gateways, probe: MqttProbe
+) -> None:
+    """Defaults: a single 3.5-sigma reading is counted, not published; five in a row raise;
+    one 8-sigma reading raises at once."""
+    gw = spawn()
+    eq = uid("zp-eq")
+    probe.subscribe(f"alerts/events/{eq}/+")
+    learned = [50.0 + 0.5 * math.sin(i * 1.7) for i in range(100)]  # a full window
+    mean, std = statistics.mean(learned), statistics.stdev(learned)
+    t0_ms = (int(time.time()) - 100) * 1000
+    sent = {"low": 0, "crit": 0}
+
+    def send(sensor: str, value: float) -> None:
+        ts = t0_ms + 10 * sent[sensor]
+        sent[sensor] += 1
+        probe.publish(f"plant/line-z/{eq}/{sensor}", {"value": value, "ts": ts})
+
+    for sensor in sent:
+        for v in learned:
+            send(sensor, v)
+    send("low", mean + 3.5 * std)  # one excursion: too short
+    send("low", mean)
+    send("crit", mean + 8 * std)  # critical: at once
+    [crit] = probe.wait_for(f"alerts/events/{eq}/+")
+    assert (crit.json()["sensor"], crit.json()["severity"]) == ("crit", "critical")
+    gw.wait_metric("edge_alarms_suppressed_total", lambda v: v == 1, reason="on_delay")
+    assert len(probe.messages(f"alerts/events/{eq}/+")) == 1
+    # a persisting run below the critical band: the baseline learns each clipped, so z
+    # falls a little per reading; on the 5th reading beyond 3 sigma one alert is raised,
+    # its severity that of the run's largest |z| (4.5: medium)
+    for i in range(6):
+        send("low", mean + 4.5 * std)
+        if i == 3:
+            settle(gw, probe, 2 * len(learned) + 2 + 1 + 4)
+            assert probe.messages(f"alerts/events/{eq}/low") == []  # 4 are not enough
+    probe.wait_for(f"alerts/events/{eq}/low", count=1)
+    settle(gw, probe, 2 * len(learned) + 2 + 1 + 6)
+    low = [m.json() for m in probe.messages(f"alerts/events/{eq}/low")]
+    assert [(e["state"], e["severity"]) for e in low] == [("raised", "medium")]

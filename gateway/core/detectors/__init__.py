@@ -12,6 +12,7 @@ Pure and synchronous: no I/O, no logging, no clock reads (callers pass `now`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import orjson
 
 from gateway.config import DetectionConfig
+from gateway.core.detectors.drift import LevelShift
+from gateway.core.detectors.equipment import Episode, EquipmentShift
 from gateway.core.detectors.offline import OfflineTracker
 from gateway.core.detectors.rules import (
     NO_RULE,
@@ -48,15 +51,50 @@ _SNAPSHOT_VERSION = 1
 
 
 class _Series:
-    """Detector state of one series."""
+    """Detector state of one series, and where its z-score alert stands.
 
-    __slots__ = ("hi", "line", "lo", "rule", "trend", "zs")
+    ``zheld``: 0 no z-score alert, 1 one is active (raised), 2 one would be active but
+    is part of its equipment's episode (absorbed, not published). ``zrun`` / ``zmax``:
+    the readings in a row beyond the threshold and their largest |z|; ``zok`` the
+    readings in a row below threshold - deadband while held.
+    """
 
-    def __init__(self, zs: ZScore, rule: ResolvedRule, line: str, trend: Trend | None) -> None:
+    __slots__ = (
+        "ep",
+        "hi",
+        "line",
+        "lo",
+        "rule",
+        "shift",
+        "trend",
+        "zheld",
+        "zlast",
+        "zmax",
+        "zok",
+        "zrun",
+        "zs",
+    )
+
+    def __init__(
+        self,
+        zs: ZScore,
+        rule: ResolvedRule,
+        line: str,
+        trend: Trend | None,
+        shift: LevelShift | None,
+        ep: EquipmentShift | None,
+    ) -> None:
         self.zs = zs
         self.rule = rule
         self.line = line
         self.trend = trend
+        self.shift = shift
+        self.ep = ep  # the equipment's episode detector (shared by its series)
+        self.zheld = 0
+        self.zrun = 0
+        self.zmax = 0.0
+        self.zok = 0
+        self.zlast: Finding | None = None
         # the tightest limits, so a normal reading costs two float compares
         highs = [v for v in (rule.high, rule.critical_high) if v is not None]
         lows = [v for v in (rule.low, rule.critical_low) if v is not None]
@@ -73,15 +111,41 @@ class Detectors:
     the findings) as read-only: the alert manager and the sink both read it.
     """
 
-    __slots__ = ("_crit", "_med", "_series", "_thr", "cfg", "rules")
+    __slots__ = (
+        "_after",
+        "_clear_after",
+        "_confirm",
+        "_crit",
+        "_equipment",
+        "_held_below",
+        "_med",
+        "_series",
+        "_suppress",
+        "_thr",
+        "cfg",
+        "episodes",
+        "rules",
+        "suppressed",
+    )
 
-    def __init__(self, cfg: DetectionConfig, rules: RuleSet) -> None:
+    def __init__(self, cfg: DetectionConfig, rules: RuleSet, clear_after: int = 5) -> None:
         self.cfg = cfg
         self.rules = rules
         self._thr = cfg.threshold_sigma
         self._med = cfg.medium_sigma
         self._crit = cfg.critical_sigma
+        self._after = cfg.zscore_alert_after
+        self._held_below = cfg.threshold_sigma - cfg.zscore_deadband
+        self._clear_after = clear_after  # the alert manager's: a held z alert ends with it
+        self._suppress = cfg.equipment.enabled and cfg.equipment.suppress_zscore
+        self._confirm = cfg.zscore_confirm_sigma if cfg.equipment.enabled else 0.0
         self._series: dict[tuple[str, str], _Series] = {}
+        self._equipment: dict[str, EquipmentShift] = {}
+        # (equipment, line, Episode) transitions of equipment episodes, for the alerts
+        self.episodes: list[tuple[str, str, Episode]] = []
+        # z-score alerts not published: shorter than zscore_alert_after (on_delay) or
+        # part of an active equipment episode (by_design)
+        self.suppressed = {"on_delay": 0, "by_design": 0}
 
     @property
     def series_count(self) -> int:
@@ -90,9 +154,43 @@ class Detectors:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._series
 
+    @property
+    def equipment_count(self) -> int:
+        return len(self._equipment)
+
+    @property
+    def episodes_active(self) -> int:
+        return sum(1 for ep in self._equipment.values() if ep.active)
+
+    def episode_active(self, equipment: str) -> bool:
+        ep = self._equipment.get(equipment)
+        return ep is not None and ep.active
+
     def forget(self, key: tuple[str, str]) -> bool:
         """Drop the state of series (equipment, sensor); True if it existed."""
         return self._series.pop(key, None) is not None
+
+    def drain_episodes(self) -> list[tuple[str, str, Episode]]:
+        out, self.episodes = self.episodes, []
+        return out
+
+    def _episode_detector(self, equipment: str) -> EquipmentShift | None:
+        e = self.cfg.equipment
+        if not e.enabled:
+            return None
+        ep = self._equipment.get(equipment)
+        if ep is None:
+            ep = self._equipment[equipment] = EquipmentShift(
+                e.warmup,
+                e.baseline_s,
+                e.fast_s,
+                e.on_sigma,
+                e.off_sigma,
+                e.on_delay_s,
+                e.off_delay_s,
+                e.accept_s,
+            )
+        return ep
 
     def _new(self, key: tuple[str, str], line: str) -> _Series:
         c = self.cfg
@@ -100,7 +198,11 @@ class Detectors:
         zs = ZScore(c.window, c.warmup, c.threshold_sigma, c.shift_after)
         slope = rule.max_slope_per_min
         trend = Trend(c.window, slope, c.warmup) if slope is not None else None
-        st = self._series[key] = _Series(zs, rule, line, trend)
+        d = c.drift
+        ep = self._episode_detector(key[0])
+        warm = c.equipment.warmup if ep is not None else c.window
+        shift = LevelShift(d.delta, d.clock, d.gate_sigma, warm) if d.enabled else None
+        st = self._series[key] = _Series(zs, rule, line, trend, shift, ep)
         return st
 
     def score(self, r: Reading) -> Score:
@@ -116,13 +218,25 @@ class Detectors:
                 findings = [f]
         zs = st.zs
         z = zs.score_one(v)
-        if z is not None and (z >= self._thr or z <= -self._thr):
-            f = self._z_finding(r.sensor, v, z, zs)
+        # while warming up (also again after a level shift) a held alert stays as it is
+        f = self._z_alert(st, r, z, zs) if z is not None else st.zlast if st.zheld == 1 else None
+        if f is not None:
             if findings is None:
                 findings = [f]
             else:
                 findings.append(f)
         zs.learn_scored(v, z)
+        ep = st.ep
+        shift = st.shift
+        change = None
+        if shift is not None:
+            change = shift.update(v, ep.std_of(r.sensor) if ep is not None else zs.std)
+            if change is not None:
+                zs.rebase(v)  # the new level is the baseline from now on
+        if ep is not None:
+            episode = ep.update(r.ts, r.sensor, v, change)
+            if episode is not None:
+                self.episodes.append((r.equipment, r.line, episode))
         tr = st.trend
         if tr is not None:
             slope = tr.update(r.ts, v)
@@ -136,9 +250,63 @@ class Detectors:
                     findings.append(f)
         return Score(z, NO_FINDINGS if findings is None else findings)
 
-    def _z_finding(self, sensor: str, v: float, z: float, zs: ZScore) -> Finding:
+    def _z_alert(self, st: _Series, r: Reading, z: float, zs: ZScore) -> Finding | None:
+        """The z-score finding for the alert manager, if the z-score alert is to be active.
+
+        A run of readings beyond the threshold raises once it is `zscore_alert_after`
+        long, or at once when one reading reaches the critical band; an active alert is
+        kept while |z| stays above threshold - deadband and ends with the alert
+        manager's `clear_after` readings below it.
+        """
+        az = z if z >= 0.0 else -z
+        sensor, v = r.sensor, r.value
+        held = st.zheld
+        if held:
+            if az >= self._held_below:
+                st.zok = 0
+                if held == 1:
+                    f = st.zlast = self._z_finding(sensor, v, z, zs, max(az, self._thr))
+                    return f
+                return None
+            st.zok += 1
+            if st.zok >= self._clear_after:
+                st.zheld = st.zok = st.zrun = 0
+                st.zmax = 0.0
+                st.zlast = None
+            return None
+        if az < self._thr:
+            if st.zrun:
+                self.suppressed["on_delay"] += 1  # an excursion too short to raise
+                st.zrun = 0
+                st.zmax = 0.0
+            return None
+        st.zrun += 1
+        if az > st.zmax:
+            st.zmax = az
+        if st.zmax < self._crit:
+            if st.zrun < self._after:
+                return None
+            ep = st.ep
+            if self._confirm and ep is not None:
+                d = ep.departure(sensor)
+                if d is not None and d < self._confirm:
+                    return None  # within its long baseline: a slow trend, not an alarm
+        st.zok = 0
+        ep = st.ep
+        if self._suppress and ep is not None and ep.active:
+            st.zheld = 2  # part of the equipment's episode: absorbed, counted
+            self.suppressed["by_design"] += 1
+            if st.zmax >= self._crit:  # but the episode got worse: it escalates
+                f = self._z_finding(r.sensor, v, z, zs, st.zmax)
+                self.episodes.append((r.equipment, st.line, ep.worse(r.sensor, v, f.message, r.ts)))
+            return None
+        st.zheld = 1
+        f = st.zlast = self._z_finding(sensor, v, z, zs, st.zmax)
+        return f
+
+    def _z_finding(self, sensor: str, v: float, z: float, zs: ZScore, band: float) -> Finding:
         az = abs(z)
-        sev = "critical" if az >= self._crit else "medium" if az >= self._med else "low"
+        sev = "critical" if band >= self._crit else "medium" if band >= self._med else "low"
         mean, std = zs.mean, zs.std
         way = "above" if z > 0 else "below"
         msg = f"{sensor} {v} is {az:.1f} sigma {way} mean {round(mean, 3)}"
@@ -177,9 +345,43 @@ class Detectors:
                     "window": st.zs.window,
                     "zscore": st.zs.to_state(),
                     "trend": st.trend.to_state() if st.trend is not None else None,
+                    "drift": st.shift.to_state() if st.shift is not None else None,
+                    "gate": [
+                        st.zheld,
+                        st.zrun,
+                        st.zmax,
+                        st.zok,
+                        None if st.zlast is None else dataclasses.asdict(st.zlast),
+                    ],
                 }
             )
         return items
+
+    def episodes_snapshot(self) -> bytes:
+        """The equipment episode detectors' state (references, episode in progress)."""
+        return orjson.dumps(
+            {
+                "version": _SNAPSHOT_VERSION,
+                "equipment": {eq: ep.to_state() for eq, ep in self._equipment.items()},
+            }
+        )
+
+    def restore_episodes(self, data: bytes) -> int:
+        """Load `episodes_snapshot()` output; raises ValueError on anything else."""
+        if not self.cfg.equipment.enabled:
+            return 0
+        try:
+            doc = orjson.loads(data)
+            if doc.get("version") != _SNAPSHOT_VERSION:
+                raise ValueError(f"unknown snapshot version {doc.get('version')!r}")
+            states = dict(doc["equipment"])
+            for eq, st in states.items():
+                ep = self._episode_detector(str(eq))
+                assert ep is not None
+                ep.load_state(st)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"not an episode snapshot: {e}") from None
+        return len(states)
 
     def restore(self, data: bytes) -> int:
         """Load a `snapshot`, replacing state of the series it holds; returns their count.
@@ -210,6 +412,15 @@ class Detectors:
                     else:
                         pts = list(zip(tstate["ts"], tstate["vs"], strict=True))
                         st.trend.load_points(_logical(pts, int(tstate["pos"]), rec["window"]))
+                dstate = rec.get("drift")
+                if st.shift is not None and dstate is not None:
+                    st.shift.load_state(dstate)
+                gate = rec.get("gate")
+                if gate is not None:
+                    held, run, zmax, ok, last = gate
+                    st.zheld, st.zrun, st.zmax, st.zok = int(held), int(run), float(zmax), int(ok)
+                    st.zlast = None if last is None else Finding(**last)
+                st.ep = self._episode_detector(key[0])  # this instance's, not the scratch one
                 loaded[key] = st
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a detector snapshot: {e}") from None

@@ -35,10 +35,12 @@ class ZScore:
     least ``1e-9``), so a flat series that jumps gets a large finite z.
 
     Robustness: a value with ``|z| >= threshold`` is learned clipped to
-    ``mean ± threshold * std``, so one spike barely moves the baseline. After
-    `shift_after` consecutive anomalous values on the same side of the mean,
-    the level is taken as the new normal: the window restarts from those
-    values (and warms up again), so a lasting shift stops alarming.
+    ``mean ± threshold * std``, so one spike barely moves the baseline (and a
+    lasting anomaly does not become the baseline). A lasting level shift is
+    the drift detector's to find (`drift.LevelShift`): it calls `rebase(x)`,
+    the window restarts from the new level and warms up again. The older rule
+    is still there for `shift_after` > 0: after that many consecutive anomalous
+    values on the same side of the mean the window restarts from them.
 
     >>> import random
     >>> rng = random.Random(42)
@@ -73,10 +75,10 @@ class ZScore:
     )
 
     def __init__(
-        self, window: int = 100, warmup: int = 30, threshold: float = 3.0, shift_after: int = 10
+        self, window: int = 100, warmup: int = 30, threshold: float = 3.0, shift_after: int = 0
     ) -> None:
-        if not 2 <= warmup <= window or threshold <= 0 or shift_after < 1:
-            raise ValueError("need 2 <= warmup <= window, threshold > 0, shift_after >= 1")
+        if not 2 <= warmup <= window or threshold <= 0 or shift_after < 0:
+            raise ValueError("need 2 <= warmup <= window, threshold > 0, shift_after >= 0")
         self.window = window
         self.warmup = warmup
         self.threshold = threshold
@@ -129,6 +131,9 @@ class ZScore:
         t = self.threshold
         if z is not None and (z >= t or z <= -t):
             side = 1 if z > 0 else -1
+            if not self.shift_after:  # clip only: the drift detector handles shifts
+                self._push(self._mean + side * t * self.std)
+                return
             run = self._run
             if run * side > 0 and self._recent is not None:
                 run += side
@@ -145,6 +150,10 @@ class ZScore:
             self._run = 0
             self._recent = None
         self._push(x)
+
+    def rebase(self, x: float) -> None:
+        """Restart the baseline at level `x` (a lasting shift): warms up again."""
+        self._rebase((x,))
 
     def _push(self, x: float) -> None:
         buf = self._buf
