@@ -230,7 +230,8 @@ class Detectors:
         shift = st.shift
         change = None
         if shift is not None:
-            change = shift.update(v, ep.std_of(r.sensor) if ep is not None else zs.std)
+            if shift.update(v):  # ADWIN found a change: is it a level shift of note?
+                change = shift.gated(ep.std_of(r.sensor) if ep is not None else zs.std)
             if change is not None:
                 zs.rebase(v)  # the new level is the baseline from now on
         if ep is not None:

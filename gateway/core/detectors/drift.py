@@ -14,9 +14,10 @@ is raised (kind ``drift``) or escalated.
 >>> found = []
 >>> for i in range(600):
 ...     x = rng.gauss(10.0 if i < 300 else 14.0, 1.0)
-...     shift = ls.update(x, std=1.0)
-...     if shift is not None:
-...         found.append((i, round(shift[0], 1), round(shift[1], 1)))
+...     if ls.update(x):
+...         shift = ls.gated(std=1.0)  # in the caller's baseline stds
+...         if shift is not None:
+...             found.append((i, round(shift[0], 1), round(shift[1], 1)))
 >>> len(found), 300 <= found[0][0] < 400  # one detection, soon after the step
 (1, True)
 >>> found[0][1:]  # ADWIN's level before and after (its window still mixes both)
@@ -36,7 +37,7 @@ from river import drift
 
 
 class LevelShift:
-    __slots__ = ("_adwin", "clock", "delta", "gate", "n", "warmup")
+    __slots__ = ("_adwin", "_before", "clock", "delta", "gate", "n", "warmup")
 
     def __init__(
         self, delta: float = 0.002, clock: int = 32, gate: float = 1.0, warmup: int = 300
@@ -46,6 +47,7 @@ class LevelShift:
         self.gate = gate
         self.warmup = warmup
         self.n = 0
+        self._before = 0.0  # ADWIN's level just before its last check
         self._adwin = drift.ADWIN(delta=delta, clock=clock)
 
     @property
@@ -53,21 +55,31 @@ class LevelShift:
         """ADWIN's estimate of the current level (the mean of its window)."""
         return float(self._adwin.estimation)
 
-    def update(self, x: float, std: float) -> tuple[float, float] | None:
-        """Learn `x`; (level before, level after) if a lasting shift was found now."""
+    def update(self, x: float) -> bool:
+        """Learn `x`; True if ADWIN found a change now and the series is warm.
+
+        Whether it counts is `gated`'s to say (the caller's baseline is only looked
+        up then: this is the per-reading path, one ADWIN update and two compares).
+        """
         ad = self._adwin
-        before = ad.estimation
+        n = self.n + 1
+        if n % self.clock == 0:  # ADWIN checks on this update: its level before it
+            self._before = ad.estimation
         ad.update(x)
-        self.n += 1
-        if not ad.drift_detected or self.n < self.warmup:
-            return None
-        after = ad.estimation
+        self.n = n
+        return n >= self.warmup and ad.drift_detected
+
+    def gated(self, std: float) -> tuple[float, float] | None:
+        """(level before, level after) if the level moved by at least `gate` stds."""
+        after = float(self._adwin.estimation)
+        before = self._before
         if abs(after - before) < self.gate * std:
             return None
-        return float(before), float(after)
+        return before, after
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "adwin": base64.b64encode(pickle.dumps(self._adwin)).decode()}
+        adwin = base64.b64encode(pickle.dumps(self._adwin)).decode()
+        return {"n": self.n, "before": self._before, "adwin": adwin}
 
     def load_state(self, st: dict[str, Any]) -> None:
         """Inverse of `to_state`; raises ValueError on anything else."""
@@ -79,3 +91,4 @@ class LevelShift:
             raise ValueError("drift state is not an ADWIN")
         self._adwin = ad
         self.n = int(st["n"])
+        self._before = float(st.get("before", ad.estimation))

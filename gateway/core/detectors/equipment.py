@@ -77,6 +77,9 @@ class EquipmentShift:
     """The episode detector of one equipment; `update` once per reading."""
 
     __slots__ = (
+        "_ab",
+        "_af",
+        "_dt",
         "_refs",
         "_top",
         "accept_s",
@@ -118,6 +121,8 @@ class EquipmentShift:
         self.off_delay_s = off_delay_s
         self.accept_s = accept_s
         self._refs: dict[str, _Ref] = {}
+        self._dt = -1.0  # the period the two smoothing factors are for
+        self._af = self._ab = 0.0
         self._top = ""  # the sensor with the largest |d|
         self.score = 0.0  # that |d|
         self.active = False
@@ -152,16 +157,25 @@ class EquipmentShift:
             dt = 0.0
         else:
             r.t = ts
-        r.f += (1.0 - _exp(-dt / self.fast_s)) * (x - r.f)
+        if dt != self._dt:  # readings come at a steady period: two exp() per period
+            self._dt = dt
+            self._af = 1.0 - _exp(-dt / self.fast_s)
+            self._ab = 1.0 - _exp(-dt / self.baseline_s)
+        f = r.f = r.f + self._af * (x - r.f)
+        active = self.active
         warm = r.n >= self.warmup
         if warm:
-            std = r.std
-            r.d = (r.f - r.m) / std
-            if self.active and abs(r.f - r.s) > self.off_sigma * std:
-                r.s = r.f  # still moving: not a new steady level yet
+            v = r.v
+            std = _sqrt(v) if v > 0.0 else 0.0
+            floor = 1e-6 * (r.m if r.m >= 0.0 else -r.m)
+            if std <= floor or std <= 1e-9:
+                std = floor if floor > 1e-9 else 1e-9
+            d = r.d = (f - r.m) / std
+            if active and abs(f - r.s) > self.off_sigma * std:
+                r.s = f  # still moving: not a new steady level yet
                 self.t_settle = ts
-        if not self.active or not warm:  # the references freeze during an episode
-            a = 1.0 - _exp(-dt / self.baseline_s) if r.n else 1.0
+        if not active or not warm:  # the references freeze during an episode
+            a = self._ab if r.n else 1.0
             if not warm:
                 a = max(a, 1.0 / (r.n + 1))
             dd = x - r.m
@@ -170,19 +184,23 @@ class EquipmentShift:
             r.n += 1
         if not warm:
             return None
-        self._track(sensor, abs(r.d))
-        return self._decide(ts, ts_ns, sensor, x, change)
-
-    def _track(self, sensor: str, ad: float) -> None:
+        ad = d if d >= 0.0 else -d
         if ad >= self.score:
             self.score, self._top = ad, sensor
-        elif sensor == self._top:  # the top one fell: find the new top
-            best, top = 0.0, ""
-            for name, r in self._refs.items():
-                v = abs(r.d)
-                if v > best:
-                    best, top = v, name
-            self.score, self._top = best, top
+        elif sensor == self._top:
+            self._retop()
+        if not active and change is None and self.since is None and self.score < self.on_sigma:
+            return None  # the common case: nothing to decide
+        return self._decide(ts, ts_ns, sensor, x, change)
+
+    def _retop(self) -> None:
+        """The top sensor's departure fell: find the new top."""
+        best, top = 0.0, ""
+        for name, r in self._refs.items():
+            v = abs(r.d)
+            if v > best:
+                best, top = v, name
+        self.score, self._top = best, top
 
     def _decide(
         self, ts: float, ts_ns: int, sensor: str, x: float, change: tuple[float, float] | None
