@@ -219,21 +219,25 @@ def test_restart_keeps_drift_gate_and_episode_state() -> None:
         b.restore_episodes(b"{}")
 
 
-def test_univariate_state_per_series_stays_under_2_kb() -> None:
-    import tracemalloc
+def test_detector_memory_per_series_is_bounded() -> None:
+    """Real memory (RSS) per series with every detector on, rings full: z-score ring,
+    gate, drift (river's ADWIN keeps its buckets in native memory, which tracemalloc
+    does not see) and the sensor's share of its equipment's episode detector."""
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
 
     d = make()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
+    n_series, readings = 2000, 200
     rng = random.Random(1)
-    for i in range(400):  # every ring full, ADWIN with a long window
-        for s in range(50):
-            d.score(reading(rng.gauss(50.0, 1.0), i, eq=f"eq-{s // 8}", sensor=f"s{s}"))
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    per_series = used / 50
-    assert per_series < 2600, per_series  # ~2 KB: z ring, ADWIN, gate, reference
-    print(f"\nper series incl. its share of the equipment: {per_series:.0f} B")
+    before = rss()
+    for i in range(readings):
+        for s in range(n_series):
+            d.score(reading(rng.gauss(50.0, 1.0), i, eq=f"eq-{s // 8}", sensor=f"s{s % 8}"))
+    per_series = (rss() - before) / n_series
+    print(f"\nRSS per series, all detectors, {readings} readings each: {per_series:.0f} B")
+    assert per_series < 6000, per_series  # ~3.5-4.5 KB measured; 1.3 KB before drift
 
 
 # ------------------------------------------------------- quality floor (SKAB)
