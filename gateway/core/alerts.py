@@ -279,11 +279,15 @@ class AlertManager:
         kind: str,
         severity: str,
         value: float | None,
-        threshold: float,
+        threshold: float | None,
         now: float,
         message: str,
+        ts: int | None = None,
     ) -> list[Alert]:
-        """Raise an equipment-level alert (sensor ``*``): offline, defect_rate."""
+        """Raise an equipment-level alert (sensor ``*``): offline, defect_rate, episodes.
+
+        `ts` is the reading's time where a reading raised it, else the gateway's.
+        """
         a = Alert(
             id=str(uuid.uuid4()),
             equipment=equipment,
@@ -297,7 +301,7 @@ class AlertManager:
             mean=None,
             std=None,
             threshold=threshold,
-            ts=_ns(now),
+            ts=_ns(now) if ts is None else ts,
             raised_at=now,
             updated_at=now,
             message=message,
@@ -367,26 +371,9 @@ class AlertManager:
         if a is None:
             if action != "raise":
                 return []
-            a = Alert(
-                id=str(uuid.uuid4()),
-                equipment=equipment,
-                sensor=EQUIPMENT_SENSOR,
-                line=line,
-                kind=kind,
-                severity=severity,
-                state=RAISED,
-                value=value,
-                z=None,
-                mean=None,
-                std=None,
-                threshold=None,
-                ts=ts,
-                raised_at=now,
-                updated_at=now,
-                message=text,
+            return self._raise_for_equipment(
+                equipment, line, kind, severity, value, None, now, text, ts
             )
-            self._add(a)
-            return [a.copy()]
         a.value, a.ts, a.updated_at, a.message = value, ts, now, text
         if _rank(severity) > _rank(a.severity):
             a.severity = severity
