@@ -21,6 +21,9 @@ truncation) keeps its valid prefix (re-appended to a fresh segment) and is
 renamed ``*.corrupt``; the rest of the spool is untouched.
 
 Not thread-safe: the pipeline runs every call on one dedicated thread.
+
+Why ~410 lines: record format, recovery and salvage, the bound, the cursor and the
+sent history are one on-disk structure; each part depends on the others' layout.
 """
 
 from __future__ import annotations

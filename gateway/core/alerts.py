@@ -10,6 +10,12 @@ States: ``raised`` -> ``escalated`` (severity rose, or still ``raised`` after
 A severity rise on an ``acknowledged`` alert escalates it again.
 
 Severity never goes down while an alert is active: it is the worst seen.
+
+Why one module of ~550 lines: every transition (readings, offline, defect rate,
+equipment episodes, acks, the escalation tick) reads and writes the same table of
+active alerts and the equipment status derived from it; split apart they would each
+need that table's internals. Alarm management (shelving, flood, chattering) is
+meant to go beside it, not into it.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ filter on ``superseded = false``.
 The store remembers at most ``[events] dedup_window`` ids, least recently
 received first out. Stats are computed from these remembered events only;
 older events stay in InfluxDB.
+
+Why one module of ~530 lines: the parser, the de-duplicating store and the queries
+all work on the one window of event ids and their per-machine defect history.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ Pure and synchronous: no I/O, no logging, no clock reads (callers pass `now`).
 - `trend`: least-squares slope per minute (`Trend`, rule key ``max_slope_per_min``);
 - `rules`: ``[[rules]]`` limits and threshold findings (`RuleSet`);
 - `offline`: deadman per equipment (`OfflineTracker`).
+
+Why ~440 lines here: `Detectors` is where the per-series detectors meet — the z-score
+alert gate reads the drift detector and the equipment episode of the same reading,
+and the snapshot covers them all; each detector itself is its own module.
 """
 
 from __future__ import annotations
