@@ -94,6 +94,11 @@ class Metrics:
         )
         for reason in ("on_delay", "by_design"):
             self.alarms_suppressed.labels(reason)
+        self.publish_coalesced = Counter(
+            "edge_publish_coalesced_total",
+            "Retained status/active-alert publishes replaced by a newer value before sending",
+            registry=r,
+        )
         self.episodes_active = Gauge(
             "edge_equipment_episodes_active",
             "Equipment with an active multivariate or drift episode",

@@ -20,7 +20,15 @@ from gateway.core.alerts import Alert, AlertManager, iso_ms
 from gateway.core.detectors import Detectors, OfflineTracker, RuleSet
 from gateway.core.events import EventPath
 from gateway.core.lineproto import alert_line
-from gateway.core.model import DEFECT_RATE, REJECT_REASONS, RawMessage, Reading, Reject, Score
+from gateway.core.model import (
+    DEFECT_RATE,
+    OFFLINE,
+    REJECT_REASONS,
+    RawMessage,
+    Reading,
+    Reject,
+    Score,
+)
 from gateway.core.normalize import Normalizer
 from gateway.core.ratelimit import TokenBucket
 from gateway.daemon.metrics import Metrics
@@ -31,6 +39,8 @@ log = logging.getLogger("edge.pipeline")
 DEADLETTER_PAYLOAD_MAX = 1024
 PUBLISH_BACKLOG_FOR_DEADLETTERS = 1000
 RECENT_ALERTS = 1000  # alert transitions kept for GET /api/alerts?state=all
+URGENT_STATES = frozenset({"raised", "escalated"})
+URGENT_SEVERITIES = frozenset({"high", "critical"})
 
 Processed = list[tuple[Reading, Score]]
 
@@ -162,7 +172,11 @@ class Processor:
         return out, self.emit(transitions) + event_lines
 
     def export_detector_counts(self) -> None:
-        """Suppressed raises and active episodes into the metrics (once a tick)."""
+        """Suppressed raises, active episodes, coalesced publishes into the metrics."""
+        pub = self.publisher
+        if pub.coalesced:
+            self.metrics.publish_coalesced.inc(pub.coalesced)
+            pub.coalesced = 0
         sup = self.detectors.suppressed
         for reason, n in sup.items():
             if n:
@@ -243,10 +257,15 @@ class Processor:
         for a in transitions:
             self.metrics.alerts.labels(a.kind, a.severity, a.state).inc()
             event = orjson.dumps(a.to_event())
-            put(f"{prefix}/events/{a.equipment}/{a.sensor}", event, 1, False)
+            # a fresh or worse high/critical alert goes ahead of any backlog (an offline
+            # storm is the backlog: its alerts keep their place)
+            urgent = (
+                a.state in URGENT_STATES and a.severity in URGENT_SEVERITIES and a.kind != OFFLINE
+            )
+            put(f"{prefix}/events/{a.equipment}/{a.sensor}", event, 1, False, urgent)
             active_topic = f"{prefix}/active/{a.equipment}/{a.sensor}/{a.kind}"
             retained = b"" if a.state == "cleared" else event
-            put(active_topic, retained, 1, True)
+            put(active_topic, retained, 1, True, urgent)
             lines.append(
                 alert_line(
                     equipment=a.equipment,
