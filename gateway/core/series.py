@@ -31,20 +31,19 @@ STAMP_STEP_NS: Final = 1_000
 
 
 class SeriesRegistry:
-    """The distinct (equipment, sensor) pairs seen, capped at `max_series`.
+    """The distinct (equipment, sensor) pairs seen, capped at `max_series`, each with the
+    last receive-time stamp given to one of its readings (0: none yet).
 
     A series registers itself on first sight; once the cap is reached new
     series are refused and known ones still pass. Memory: one 2-tuple (64 B)
-    plus a set slot (~30-60 B) per series; the name strings are the readings'.
+    plus a dict slot (~50-100 B) per series; the name strings are the readings'.
     """
 
-    __slots__ = ("_known", "_stamps", "max_series")
+    __slots__ = ("_known", "max_series")
 
     def __init__(self, max_series: int) -> None:
         self.max_series = max_series
-        self._known: set[tuple[str, str]] = set()
-        # series -> the last receive-time stamp given to one of its readings
-        self._stamps: dict[tuple[str, str], int] = {}
+        self._known: dict[tuple[str, str], int] = {}
 
     def admit(self, equipment: str, sensor: str) -> bool:
         """True if the series is known or could be registered now."""
@@ -54,7 +53,7 @@ class SeriesRegistry:
             return True
         if len(known) >= self.max_series:
             return False
-        known.add(key)
+        known[key] = 0
         return True
 
     def stamp(self, equipment: str, sensor: str, now_ns: int) -> int:
@@ -63,31 +62,35 @@ class SeriesRegistry:
         InfluxDB keeps one point per series and timestamp, so readings of one series that
         share a receive time (a burst read from one socket read, a batch of bare values)
         would overwrite each other. Each gets max(now_ns, previous + STAMP_STEP_NS): strictly
-        increasing per series, in arrival order. Call for admitted series only (bounded).
+        increasing per series, in arrival order. Call for admitted series only.
         """
         key = (equipment, sensor)
-        stamps = self._stamps
-        last = stamps.get(key, 0)
+        known = self._known
+        last = known[key]
         ts = now_ns if now_ns > last else last + STAMP_STEP_NS
-        stamps[key] = ts
+        known[key] = ts
         return ts
 
     def stamps_snapshot(self) -> bytes:
         """The last stamp per series, for the state file (strictly later after a restart)."""
-        return orjson.dumps({"stamps": [[eq, sn, ts] for (eq, sn), ts in self._stamps.items()]})
+        rows = [[eq, sn, ts] for (eq, sn), ts in self._known.items() if ts]
+        return orjson.dumps({"stamps": rows})
 
     def restore_stamps(self, data: bytes) -> None:
-        """Load `stamps_snapshot()` output; raises ValueError if it is not one."""
+        """Load `stamps_snapshot()` output (those series count as known again, up to the
+        cap, newest stamps first); raises ValueError if it is not one."""
         try:
             rows: Iterable[Any] = orjson.loads(data)["stamps"]
             loaded = {(str(eq), str(sn)): int(ts) for eq, sn, ts in rows}
         except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
             raise ValueError(f"series stamps: {e}") from None
-        if len(loaded) > self.max_series:
-            loaded = dict(sorted(loaded.items(), key=lambda kv: kv[1])[-self.max_series :])
-        for key, ts in loaded.items():
-            if ts > self._stamps.get(key, 0):
-                self._stamps[key] = ts
+        known = self._known
+        for key, ts in sorted(loaded.items(), key=lambda kv: kv[1], reverse=True):
+            if key in known:
+                if ts > known[key]:
+                    known[key] = ts
+            elif len(known) < self.max_series:
+                known[key] = ts
 
     def __contains__(self, key: object) -> bool:
         return key in self._known

@@ -222,8 +222,12 @@ class Detectors:
                 findings = [f]
         zs = st.zs
         z = zs.score_one(v)
-        # while warming up (also again after a level shift) a held alert stays as it is
-        f = self._z_alert(st, r, z, zs) if z is not None else st.zlast if st.zheld == 1 else None
+        if z is None:  # warming up (also again after a level shift): a held alert stays
+            f = st.zlast if st.zheld == 1 else None
+        elif st.zheld or st.zrun or z >= self._thr or z <= -self._thr:
+            f = self._z_alert(st, r, z, zs)
+        else:  # the common case: a normal reading, no alert held, no run to end
+            f = None
         if f is not None:
             if findings is None:
                 findings = [f]

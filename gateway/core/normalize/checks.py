@@ -22,6 +22,7 @@ from gateway.core.model import (
     OUT_OF_RANGE,
     SERIES_LIMIT,
     STALE_TIMESTAMP,
+    TOO_LARGE,
     Reading,
     Reject,
 )
@@ -70,7 +71,7 @@ class ItemChecks:
         self._bounds_cache.clear()
 
     def _too_long(self, rej: list[Reject], n: int) -> None:
-        self._reject(rej, "too_large", f"batch of {n} items exceeds {self._max_batch}", -1)
+        self._reject(rej, TOO_LARGE, f"batch of {n} items exceeds {self._max_batch}", -1)
 
     def _reject(
         self, rej: list[Reject], reason: str, detail: str, i: int, key: str | None = None
