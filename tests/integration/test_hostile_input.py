@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness import Gateways, MqttProbe, uid
-from tests.servers import VictoriaMetrics
-from tests.stores import VictoriaStore, by_sensor, wait_count
+from tests.stores import Store, by_sensor, wait_count
 
 HOSTILE = 12_000
 VALID_EVERY = 20
@@ -85,11 +84,10 @@ def _kinds(topic: str, line: str) -> list[tuple[str, str, Make]]:
 
 
 def test_hostile_flood_is_counted_and_valid_readings_all_stored(
-    spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics, tmp_path: Path
+    spawn_store: Gateways, probe: MqttProbe, store: Store, tmp_path: Path
 ) -> None:
-    gw = spawn("[mqtt]\ndeadletter_per_s = 50\n")
+    gw = spawn_store("[mqtt]\ndeadletter_per_s = 50\n")
     assert gw.pid is not None
-    store = VictoriaStore(victoria)
     line = uid("hostile")
     eq = uid("victim")
     topic = f"plant/{line}/{eq}/temperature"
@@ -127,12 +125,12 @@ def test_hostile_flood_is_counted_and_valid_readings_all_stored(
     lines = [x for x in gw.log_text().splitlines() if x.strip()]
     assert len(lines) < LOG_LINES_MAX, "\n".join(lines[-30:])
     print(
-        f"\nhostile: {total} payloads, {len(valid)} valid readings stored, "
+        f"\nhostile ({store.kind}): {total} payloads, {len(valid)} valid readings stored, "
         f"rejects {dict(expected)}, peak RSS {rss} KiB, {len(lines)} log lines"
     )
 
 
-def exported_pressure(store: VictoriaStore, line: str) -> list[tuple[int, float]]:
+def exported_pressure(store: Store, line: str) -> list[tuple[int, float]]:
     return by_sensor(store.points(line=line)).get("pressure", [])
 
 
