@@ -11,8 +11,8 @@ README is the contract for the scoring implemented here:
   returned event of the same id), with FAR and MAR;
 - false alerts per hour on ``anomaly-free.csv``: every ``raised`` event.
 
-`replay_core()` runs a file through `Normalizer` (``fields`` format) -> `Detectors` ->
-`AlertManager` exactly as `Gateway.process` does, without I/O; the detection bench
+`replay_core()` runs a file through the pipeline's own process stage
+(`gateway.daemon.process.Processor`), without I/O; the detection bench
 (tests/bench_detect.py) also replays through a real gateway over MQTT.
 """
 
@@ -248,41 +248,36 @@ format = "fields"
 
 
 def replay_core(f: SkabFile, extra_toml: str = "") -> list[Event]:
-    """`f` through the pure core as `Gateway.process` runs it; the alert events it makes.
+    """`f` through the pipeline's process stage (normalize -> detect -> alerts), without
+    I/O; the alert transitions it makes, in order.
 
     Time for the alert manager is the gateway's clock in the live path; here it is the
     replay's wall clock too, so time-based escalation behaves as in a fast replay.
     """
     import time
     import tomllib
+    from typing import cast
 
     import orjson
 
+    from adapters.base import BrokerLink
     from gateway.config import Settings
-    from gateway.core.alerts import AlertManager
-    from gateway.core.detectors import Detectors, RuleSet
     from gateway.core.model import RawMessage
-    from gateway.core.normalize import Normalizer
+    from gateway.daemon.metrics import Metrics
+    from gateway.daemon.process import Processor
+    from gateway.daemon.publish import Publisher
 
     settings = Settings.model_validate(tomllib.loads(REPLAY_TOML + extra_toml))
-    rules = RuleSet(settings.rules)
-    norm = Normalizer(settings.mqtt.subscriptions, settings.validation)
-    det = Detectors(settings.detection, rules, settings.alerts.clear_after)
-    alerts = AlertManager(settings.alerts)
+    # the publisher only queues here: it never runs, so it needs no broker link
+    proc = Processor(settings, Metrics(), Publisher(cast(BrokerLink, None)))
     out: list[Event] = []
     topic = f"skab/line-skab/{f.equipment}"
     for body in fields_messages(f):
-        now_ns = time.time_ns()
-        msg = RawMessage(topic, orjson.dumps(body), time.monotonic(), now_ns, "mqtt", 0)
-        readings, _ = norm.normalize(msg)
-        now = time.time()
-        transitions = []
-        for r in readings:
-            alerts.seen(r.equipment, r.ts)
-            transitions.extend(alerts.observe(r, det.score(r), now))
-        for equipment, line, ep in det.drain_episodes():
-            transitions.extend(alerts.episode(equipment, line, ep, now))
-        out.extend(Event(a.id, a.state, a.kind, a.ts / 1e9) for a in transitions)
+        msg = RawMessage(topic, orjson.dumps(body), time.monotonic(), time.time_ns(), "mqtt", 0)
+        proc.process([msg])
+        assert len(proc.recent_alerts) < (proc.recent_alerts.maxlen or 1), "batch too large"
+        out.extend(Event(a.id, a.state, a.kind, a.ts / 1e9) for a in proc.recent_alerts)
+        proc.recent_alerts.clear()  # this batch's transitions, in order
     return out
 
 
