@@ -32,8 +32,6 @@ log = logging.getLogger("edge.pipeline")
 PUBLISH_WINDOW = 256  # MQTT publishes awaiting their PUBACK at once
 URGENT, NORMAL = 0, 1
 
-PublishItem = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
-
 
 class _Item:
     __slots__ = ("alive", "lane", "payload", "qos", "retain", "seq", "topic")

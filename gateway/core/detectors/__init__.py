@@ -159,10 +159,6 @@ class Detectors:
         return key in self._series
 
     @property
-    def equipment_count(self) -> int:
-        return len(self._equipment)
-
-    @property
     def episodes_active(self) -> int:
         return sum(1 for ep in self._equipment.values() if ep.active)
 

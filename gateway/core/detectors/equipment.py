@@ -299,9 +299,6 @@ class EquipmentShift:
             if r.n >= self.warmup and abs(r.d) > self.score:
                 self.score, self._top = abs(r.d), name
 
-    def __len__(self) -> int:
-        return len(self._refs)
-
 
 def _moved(sensor: str, change: tuple[float, float]) -> str:
     return f"{sensor} level moved from {change[0]:.4g} to {change[1]:.4g}"
