@@ -28,6 +28,9 @@ fmt: bootstrap
 demo: bootstrap
 	$(VENV)/bin/edge-gateway demo
 
+# throughput, alert latency, footprint, then the alert cases (tests/bench_alerts.py:
+# publisher, noisy background vs an echo peer and Node-RED, storm); ~7 min.
+# Node-RED is installed with npm into ~/.cache/edge-gateway/node-red when missing.
 bench: bootstrap
 	$(PY) -m tests.bench
 

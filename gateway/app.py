@@ -7,9 +7,11 @@ InfluxDB sink and the disk spool. Everything else sees them through `adapters.ba
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from adapters.base import DurableSpool, Sink
 from gateway.config import Settings
+from gateway.daemon.commands import COMMANDS
 from gateway.daemon.metrics import Metrics
 from gateway.daemon.pipeline import Gateway
 
@@ -33,18 +35,28 @@ def build(
         from adapters.influx import InfluxSink
 
         sink = InfluxSink(settings.influx)
-    ack_topic = f"{settings.alerts.topic_prefix}/ack"
+    prefix = settings.alerts.topic_prefix
+    commands = tuple(f"{prefix}/{c}" for c in COMMANDS)  # ack, shelve, unshelve, oos
+    state = sparkplug_state(settings, m)  # Sparkplug B primary host STATE, if host_id
+
+    def on_state(up: bool) -> None:
+        m.mqtt_connected.set(1 if up else 0)
+        if state is not None:
+            state.link_state(up)
+
     link = MqttLink(
         settings.mqtt,
-        command_topics=(ack_topic,),
-        on_state=lambda up: m.mqtt_connected.set(1 if up else 0),
+        command_topics=(*commands, f"gateway/{settings.mqtt.client_id}/forget"),
+        on_state=on_state,
     )
     sources = []
     if settings.opcua.servers:
         from adapters.opcua.source import sources as opcua_sources
 
         sources = list(opcua_sources(settings.opcua.servers, m))
-    return Gateway(
+    if state is not None:
+        sources.append(state)
+    gw = Gateway(
         settings,
         link=link,
         sink=sink,
@@ -55,3 +67,45 @@ def build(
         spool_factory=spool_factory,
         metrics=m,
     )
+    if settings.http_ingest.enabled:
+        wire_http_ingest(gw)
+    return gw
+
+
+def sparkplug_state(settings: Settings, m: Metrics) -> Any:
+    """`[sparkplug] host_id`: the STATE connection (adapters/sparkplug), else None."""
+    if not settings.sparkplug.host_id:
+        return None
+    from adapters.sparkplug import PrimaryHostState
+
+    return PrimaryHostState(
+        settings.mqtt,
+        settings.sparkplug.host_id,
+        on_online=lambda up: m.sparkplug_state_online.set(1 if up else 0),
+    )
+
+
+def wire_http_ingest(gw: Gateway) -> None:
+    """`[http_ingest]`: the ``http`` source's normalizer and the events of its topic.
+
+    The endpoints (gateway/http/ingest.py) deliver messages of source ``http``; their
+    normalizer shares the series registry, the duplicate memory and the physical bounds
+    with MQTT, and the events path also claims `TOPIC_EVENTS` messages of source
+    ``http`` (MQTT messages are claimed as before, by the MQTT event subscriptions).
+    """
+    from gateway.core.normalize.http_format import (
+        SOURCE,
+        TOPIC_EVENTS,
+        HttpNormalizer,
+        http_event_subscription,
+    )
+
+    s = gw.settings
+    p = gw.processor
+
+    def bounds(equipment: str, sensor: str, line: str) -> tuple[float | None, float | None]:
+        rule = p.rules.resolve(equipment, sensor, line)
+        return rule.min, rule.max
+
+    p.add_source(SOURCE, HttpNormalizer(s.validation, s.http_ingest, bounds))
+    p.events.also_claim(SOURCE, TOPIC_EVENTS, http_event_subscription())

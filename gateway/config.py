@@ -56,12 +56,16 @@ def _read_secret(value: SecretStr | None, path: str | None, key: str) -> SecretS
 class Subscription(_Section):
     topic: str = "plant/+/+/+"
     template: str = "plant/{line}/{equipment}/{sensor}"
-    format: Literal["json", "fields", "event"] = "json"
+    format: Literal["json", "fields", "event", "sparkplug"] = "json"
     qos: Literal[0, 1, 2] = 1
     unit: str = ""  # default unit for readings that carry none
 
     @model_validator(mode="after")
     def _check_template(self) -> Subscription:
+        if self.format == "sparkplug":  # the topic levels are Sparkplug's own (README)
+            if not self.topic.split("/")[0] == "spBv1.0":
+                raise ValueError(f"format sparkplug needs a spBv1.0/... topic, got {self.topic!r}")
+            self.template = ""
         try:
             TopicTemplate(self.topic, self.template)
         except TopicTemplateError as e:
@@ -254,6 +258,16 @@ class Rule(_Section):
     min: float | None = None  # physical bounds: outside is a reject (out_of_range)
     max: float | None = None
     max_slope_per_min: float | None = Field(default=None, gt=0)
+    # alarm management (ISA-18.2): hysteresis and delays on the readings' clock
+    deadband: float | None = Field(default=None, ge=0)  # absolute units; None = 1 % of span
+    on_delay_s: float | None = Field(default=None, ge=0)  # None: 0, or an earlier rule's
+    off_delay_s: float | None = Field(default=None, ge=0)
+    # priority apart from severity (None: follows severity) and rationalisation
+    priority: Literal["low", "medium", "high", "critical"] | None = None
+    cause: str | None = None
+    consequence: str | None = None
+    action: str | None = None
+    response_time_s: float | None = Field(default=None, gt=0)
 
 
 class AlertsConfig(_Section):
@@ -262,6 +276,21 @@ class AlertsConfig(_Section):
     offline_after_s: float = Field(default=30.0, gt=0)
     clear_after: int = Field(default=5, ge=1)
     escalate_after_s: float = Field(default=300.0, gt=0)
+    # an equipment silent this long is forgotten: offline alert cleared, retained topics
+    # removed; 0: never
+    forget_after_s: float = Field(default=30 * 24 * 3600.0, ge=0)
+    # alarm management (ISA-18.2 / EEMUA 191), docs/alarms.md
+    ack_required: list[Literal["low", "medium", "high", "critical"]] = ["high", "critical"]
+    max_shelve_s: float = Field(default=8 * 3600.0, gt=0)
+    chatter_count: int = Field(default=3, ge=2)
+    chatter_window_s: float = Field(default=60.0, gt=0)
+    chatter_quiet_s: float = Field(default=600.0, gt=0)
+    fleeting_s: float = Field(default=5.0, ge=0)
+    flood_raises: int = Field(default=10, ge=1)  # more than this in flood_window_s: flood
+    flood_end_raises: int = Field(default=5, ge=1)  # fewer than this: the flood ends
+    flood_window_s: float = Field(default=600.0, gt=0)
+    flood_refresh_s: float = Field(default=30.0, gt=0)
+    stale_after_s: float = Field(default=24 * 3600.0, gt=0)
 
 
 class ValidationConfig(_Section):
@@ -271,6 +300,8 @@ class ValidationConfig(_Section):
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_batch_items: int = Field(default=10_000, ge=1)
     dedup_window: int = Field(default=200_000, ge=0)
+    # a series with no reading for this long is forgotten (state, caches); 0: never
+    series_idle_s: float = Field(default=7 * 24 * 3600.0, ge=0)
 
 
 class InfluxConfig(_Section):
@@ -314,11 +345,93 @@ class SpoolConfig(_Section):
 
 
 class HttpConfig(_Section):
+    """The HTTP server: metrics, probes, the status API and the operator page (README
+    "Operator page and HTTP API")."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+    # Bearer token of the write endpoints (ack, shelve, unshelve, ingest), and of every
+    # /api read when `host` is not a loopback address (then it is required); never logged
+    api_token: SecretStr = SecretStr("")
+    api_token_file: str | None = None
+    # recent readings kept in memory per series for the page's charts (0: none)
+    series_points: int = Field(default=120, ge=0, le=10_000)
+    max_stream_clients: int = Field(default=32, ge=1, le=10_000)
 
     _port = field_validator("port")(_port)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> HttpConfig:
+        token = _read_secret(self.api_token, self.api_token_file, "api_token")
+        self.api_token = token or SecretStr("")
+        return self
+
+
+class HistoryConfig(_Section):
+    """Alert transitions in SQLite under the spool directory (README "Alert history")."""
+
+    enabled: bool = True
+    retention_days: float = Field(default=30.0, gt=0)
+    max_rows: int = Field(default=1_000_000, ge=100)
+    flush_interval_s: float = Field(default=0.25, gt=0, le=60)
+    prune_interval_s: float = Field(default=60.0, gt=0)
+
+
+class HttpIngestConfig(_Section):
+    """HTTP ingest on the `[http]` port: InfluxDB write API, JSON, events (README "HTTP ingest")."""
+
+    enabled: bool = False
+    token: SecretStr = SecretStr("")
+    token_file: str | None = None
+    # line protocol bodies (decompressed); JSON bodies are bounded by [validation]
+    # max_payload_bytes
+    max_body_bytes: int = Field(default=16 << 20, ge=1024)
+    # bodies admitted but not yet durable, all requests together: past it, 429
+    max_inflight_bytes: int = Field(default=64 << 20, ge=1024)
+    timeout_s: float = Field(default=10.0, gt=0)  # admitted -> durable, else 503
+    retry_after_s: int = Field(default=1, ge=1)  # the Retry-After of 429 / 503
+    # line protocol -> readings: see README "HTTP ingest"
+    readings_measurement: str = "readings"  # our own schema: equipment/sensor tags, field value
+    equipment_tags: list[str] = Field(default_factory=lambda: ["equipment", "host"])
+    sensor_tag: str = "sensor"
+    line_tag: str = "line"
+    unit_tag: str = "unit"
+    value_field: str = "value"
+    sensor_separator: str = "."
+    drop_tags: list[str] = Field(default_factory=list)
+    booleans: bool = True  # boolean fields become 1.0 / 0.0 readings (false: skipped)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> HttpIngestConfig:
+        self.token = _read_secret(self.token, self.token_file, "token") or SecretStr("")
+        if self.enabled and not self.token.get_secret_value():
+            raise ValueError("token (or token_file) is required when enabled")
+        if not self.equipment_tags or not all(self.equipment_tags):
+            raise ValueError(
+                f"equipment_tags must name at least one tag, got {self.equipment_tags!r}"
+            )
+        if not self.sensor_separator:
+            raise ValueError("sensor_separator must not be empty")
+        return self
+
+
+class SparkplugConfig(_Section):
+    """The Sparkplug B host application (README "Sparkplug B")."""
+
+    # primary host id: STATE on spBv1.0/STATE/{host_id} (Will offline, online once up);
+    # "": no STATE (edge nodes not configured for a primary host publish anyway)
+    host_id: str = ""
+    reorder_timeout_s: float = Field(default=2.0, gt=0)  # a seq gap waits this long
+    rebirth_cooldown_s: float = Field(default=10.0, gt=0)  # at most one request per node
+    max_nodes: int = Field(default=10_000, ge=1)  # edge nodes tracked at once
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str) -> str:
+        if any(c in v for c in "+#/") or v != v.strip():
+            raise ValueError(f"must not contain '+', '#', '/' or surrounding spaces, got {v!r}")
+        return v
 
 
 class LogConfig(_Section):
@@ -363,9 +476,12 @@ class Settings(BaseSettings):
     influx: InfluxConfig = Field(default_factory=InfluxConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    http_ingest: HttpIngestConfig = Field(default_factory=HttpIngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
 
     @classmethod
     def settings_customise_sources(

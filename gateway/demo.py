@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from gateway.app import build
 from gateway.config import OpcuaNode, OpcuaServer, Rule, Settings
@@ -173,7 +176,14 @@ async def run_demo(settings: Settings, duration: float = 0.0) -> int:
     if settings.http.enabled and _port_open(settings.http.host, settings.http.port):
         settings.http.port = _free_port()
     notes.append(f"metrics http://{settings.http.host}:{settings.http.port}/metrics")
+    if settings.http.enabled and not settings.http.api_token.get_secret_value():
+        # a token of this run, handed to the page in its URL (as Jupyter does): Ack works
+        settings.http.api_token = SecretStr(secrets.token_urlsafe(18))
     print("demo: " + ", ".join(notes) + "  (Ctrl-C to stop)", flush=True)
+    if settings.http.enabled:
+        token = settings.http.api_token.get_secret_value()
+        page = f"http://{settings.http.host}:{settings.http.port}/?token={token}"
+        print(f"demo: operator page {page}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,9 +9,10 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 # binary -> Debian package. prometheus: the server scrapes the gateway in the deploy tests,
 # promtool checks configs, rules and /metrics; systemd-analyze verifies the shipped unit;
-# node runs the Node-RED flow's function nodes.
-BINARIES=(mosquitto victoria-metrics influxd prometheus promtool systemd-analyze node)
-PACKAGES=(mosquitto victoria-metrics influxdb prometheus prometheus systemd nodejs)
+# node runs the Node-RED flow's function nodes; chromium is the headless browser of the
+# operator page test (playwright drives it by executable_path: no browser download).
+BINARIES=(mosquitto victoria-metrics influxd prometheus promtool systemd-analyze node chromium)
+PACKAGES=(mosquitto victoria-metrics influxdb prometheus prometheus systemd nodejs chromium)
 
 say() { echo "bootstrap: $*"; }
 

@@ -39,6 +39,12 @@ footprint
     and, in this process with tracemalloc, the bytes per series of the detector state,
     the alert manager and the normalizer for ``--series`` series.
 
+alert cases (tests/bench_alerts.py, after the above, each on a broker of its own)
+    Publisher throughput (QoS 1 msgs/s); spike -> alert latency under 5,000 readings/s of
+    Gaussian noise whose own alerts flow, with a trivial echo peer (the floor) and a
+    Node-RED flow doing the same job in the same run; the 10,000-equipment storm.
+    ``--alerts-only`` runs just these, ``--no-alerts`` skips them.
+
 Results: a markdown table on stdout, everything as JSON in ``--out`` (default
 ``bench-results.json``). ``--profile DIR`` also records one py-spy profile of the
 gateway per throughput mode (if py-spy is installed) and lists the top functions.
@@ -241,7 +247,9 @@ def generate(cfg: dict[str, Any]) -> dict[str, Any]:
             acked[0] = got // 4
 
     threading.Thread(target=reader, daemon=True).start()
-    rnd = random.Random(part).random
+    rng = random.Random(part)
+    rnd = rng.random
+    noise = cfg.get("noise")  # (mean, sd): Gaussian values instead of LOAD_LOW..LOAD_HIGH
     span = LOAD_HIGH - LOAD_LOW
     dumps = orjson.dumps
     last = [0] * len(mine)
@@ -266,7 +274,8 @@ def generate(cfg: dict[str, Any]) -> dict[str, Any]:
             first = last[s] + 1 if last[s] >= now_ms else now_ms
             last[s] = first + batch - 1
             if batch == 1:
-                payload = dumps({"value": round(LOAD_LOW + span * rnd(), 2), "ts": first})
+                v = rng.gauss(*noise) if noise else LOAD_LOW + span * rnd()
+                payload = dumps({"value": round(v, 2), "ts": first})
             else:
                 payload = dumps(
                     [
@@ -845,10 +854,17 @@ def table(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tests import bench_alerts  # (it imports this module)
+
     res: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick}
     res["machine"] = machine()
     res["params"] = {k: v for k, v in vars(args).items() if k != "out"}
     t_start = time.monotonic()
+    if args.alerts_only:
+        res["alerts"] = bench_alerts.run(args)
+        res["machine"]["loadavg_end"] = os.getloadavg()
+        res["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        return res
     with (
         tempfile.TemporaryDirectory(prefix="edge-bench-", dir=args.workdir) as tmp,
         Mosquitto(BROKER_CONFIG, autosave_interval=3600) as broker,
@@ -873,6 +889,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["ratio"] = round(res["throughput_1"]["rate_median"] / max(res["bare"]["rate"], 1), 3)
     _say("bench: detector state footprint (tracemalloc)")
     res["footprint"] = state_footprint(args.series, args.state_readings)
+    if not args.no_alerts:
+        res["alerts"] = bench_alerts.run(args)
     if args.profile:
         res["profiles"] = {
             p.stem: profile_summary(p) for p in sorted(Path(args.profile).glob("*.txt"))
@@ -883,6 +901,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from tests import bench_alerts
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (< 2 min)")
     ap.add_argument("--out", default="bench-results.json", help="JSON results file")
@@ -897,7 +917,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--spikes", type=int, help="alert latency samples")
     ap.add_argument("--state-readings", type=int, help="readings per series, footprint")
     ap.add_argument("--workdir", help="where the gateway's spool lives (default: temp dir)")
+    ap.add_argument("--alerts-only", action="store_true", help="only the alert cases")
+    ap.add_argument("--no-alerts", action="store_true", help="skip the alert cases")
+    bench_alerts.add_args(ap)
     a = ap.parse_args(argv)
+    bench_alerts.finish_args(a)
     quick = a.quick
     defaults = {
         "repeat": 1 if quick else 3,
@@ -920,10 +944,16 @@ def main(argv: list[str] | None = None) -> int:
         result = generate(cfg) if argv[0] == "_gen" else bare_subscriber(cfg)
         print(json.dumps(result), flush=True)
         return 0
+    from tests import bench_alerts
+
     args = parse_args(argv)
     res = run(args)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(table(res))
+    if not args.alerts_only:
+        print(table(res))
+    if "alerts" in res:
+        print()
+        print(bench_alerts.table(res["alerts"]))
     print(f"\n(full results in {args.out}; {res['elapsed_s']:.0f} s)")
     return 0
 

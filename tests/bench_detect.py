@@ -105,9 +105,21 @@ def run(mode: str) -> dict[str, object]:
     if mode == "gateway":
         events = replay_gateway(files)
     else:
-        events = {f.name: skab.replay_core(f) for f in files}
+        kpis: dict[str, float] = {}
+        events = {
+            f.name: skab.replay_core(f, kpis=kpis if f.name != skab.FREE else None) for f in files
+        }
     elapsed = time.monotonic() - t0
     result: dict[str, object] = {"mode": mode, "replay_s": round(elapsed, 1)}
+    if mode != "gateway":
+        hours = sum(f.hours for f in files if f.name != skab.FREE)
+        result["alarm_kpis"] = {**kpis, "annunciated_per_pump_hour": kpis["annunciated"] / hours}
+        print(
+            f"\nalarm management (labelled files, {hours:.2f} pump-hours): "
+            f"{kpis['annunciated']:.0f} raises annunciated = "
+            f"{kpis['annunciated'] / hours:.1f} per pump-hour; "
+            + ", ".join(f"{k} {v:g}" for k, v in sorted(kpis.items()) if k != "annunciated")
+        )
     detectors: list[tuple[str, Callable[[SkabFile], list[Event]] | None]] = [
         (f"edge-gateway ({mode})", None),
         ("rolling 3-sigma baseline", skab.rolling_3sigma),

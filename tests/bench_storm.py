@@ -38,17 +38,21 @@ critical_high = 200.0
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--equipment", type=int, default=10_000)
-    a = ap.parse_args(argv)
-    n = a.equipment
+def storm(n: int = 10_000, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One storm of `n` equipment against a fresh broker and gateway; the figures.
+
+    `env` is added to the gateway's environment (``PYTHONPATH`` of another tree, ...).
+    """
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     spike_at: list[float] = []
+    counts: dict[str, int] = {}
+    after_spike: dict[str, int] = {}  # storm messages the subscriber got after the spike
     lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
-        gw = GatewayProcess(broker.port, "http://127.0.0.1:9", tmp, extra_toml=GATEWAY_TOML)
+        gw = GatewayProcess(
+            broker.port, "http://127.0.0.1:9", tmp, extra_toml=GATEWAY_TOML, env=env
+        )
         with MqttProbe(broker.port) as sub, MqttProbe(broker.port) as pub:
 
             def on_message(c: Any, u: Any, m: Any) -> None:
@@ -62,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                     with lock:
                         first.setdefault(kind, t)
                         last[kind] = t
+                        counts[kind] = counts.get(kind, 0) + 1
+                        if kind == "status" and "offline_event" in first:
+                            counts["storm_status"] = counts.get("storm_status", 0) + 1
+                        if "spike_event" in first and kind != "spike_event":
+                            after_spike[kind] = after_spike.get(kind, 0) + 1
 
             sub.client.on_message = on_message
             sub.subscribe("alerts/events/#", "status/#")
@@ -90,8 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         "spike_latency_ms": round((first.get("spike_event", 0.0) - spike_at[0]) * 1000, 1)
         if "spike_event" in first
         else None,
+        "offline_events_received": counts.get("offline_event", 0),
+        "status_received": counts.get("status", 0),  # online ones before the storm too
+        "storm_status_received": counts.get("storm_status", 0),
+        "storm_messages_after_spike": sum(after_spike.values()),
     }
-    print(json.dumps(res))
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--equipment", type=int, default=10_000)
+    a = ap.parse_args(argv)
+    print(json.dumps(storm(a.equipment)))
     return 0
 
 

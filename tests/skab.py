@@ -247,9 +247,13 @@ format = "fields"
 """
 
 
-def replay_core(f: SkabFile, extra_toml: str = "") -> list[Event]:
+def replay_core(
+    f: SkabFile, extra_toml: str = "", kpis: dict[str, float] | None = None
+) -> list[Event]:
     """`f` through the pipeline's process stage (normalize -> detect -> alerts), without
-    I/O; the alert transitions it makes, in order.
+    I/O; the alert transitions it makes, in order. `kpis`, if given, receives the alarm
+    management figures: raises annunciated (published), suppressed by reason, seconds
+    in flood.
 
     Time for the alert manager is the gateway's clock in the live path; here it is the
     replay's wall clock too, so time-based escalation behaves as in a fast replay.
@@ -278,6 +282,14 @@ def replay_core(f: SkabFile, extra_toml: str = "") -> list[Event]:
         assert len(proc.recent_alerts) < (proc.recent_alerts.maxlen or 1), "batch too large"
         out.extend(Event(a.id, a.state, a.kind, a.ts / 1e9) for a in proc.recent_alerts)
         proc.recent_alerts.clear()  # this batch's transitions, in order
+    if kpis is not None:
+        al = proc.alarms
+        kpis["annunciated"] = kpis.get("annunciated", 0) + sum(al.annunciations.values())
+        for sup in (proc.detectors.suppressed, proc.alerts.suppressed, al.suppressed):
+            for reason, n in sup.items():
+                kpis[f"suppressed_{reason}"] = kpis.get(f"suppressed_{reason}", 0) + n
+        kpis["flood_s"] = kpis.get("flood_s", 0) + sum(al.flood_seconds.values())
+        kpis["fleeting"] = kpis.get("fleeting", 0) + al.fleeting
     return out
 
 

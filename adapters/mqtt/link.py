@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiomqtt
 
 from adapters.base import Deliver, NotConnected, OnState
-from adapters.mqtt.fastpath import Inbox, install, puback_many
+from adapters.mqtt.fastpath import Inbox, Outbox, install, puback_many
 from gateway.config import MqttConfig
 from gateway.core.backoff import Backoff
 from gateway.core.model import RawMessage
@@ -65,6 +66,9 @@ class MqttLink:
         self._connected = asyncio.Event()
         self._filters = [s.topic for s in cfg.subscriptions]
         self._inbox: Inbox | None = None
+        self._outbox: Outbox | None = None
+        self._acked: Callable[[Any], None] = lambda item: None
+        self._lost: Callable[[list[Any]], None] = lambda items: None
         self._sub_of: dict[str, int] = {}  # topic -> subscription index
 
     @property
@@ -110,7 +114,8 @@ class MqttLink:
         # flight itself and exports the backlog as edge_queue_depth{queue="publish"}.
         client.pending_calls_threshold = PENDING_CALLS_LOG_THRESHOLD
         self._inbox = Inbox(client, self._subscription_of, set(self.command_topics))
-        install(client, self._inbox)
+        self._outbox = Outbox(client._client, self._acked)
+        install(client, self._inbox, self._outbox)
         return client
 
     def ack(self, messages: list[RawMessage]) -> int:
@@ -158,6 +163,10 @@ class MqttLink:
                 last_error = err
             finally:
                 self._client = None
+                outbox, self._outbox = self._outbox, None
+                if outbox is not None and outbox.inflight:
+                    # before anything is sent on the next connection: sent again first
+                    self._lost(outbox.lost())
                 if self.connected:
                     self._connected.clear()
                     self._on_state(False)
@@ -204,6 +213,33 @@ class MqttLink:
             elif disconnected.done():
                 disconnected.result()  # raises the reason (an MqttError)
                 raise aiomqtt.MqttError("disconnected")
+
+    def stream(
+        self, acked: Callable[[Any], None], lost: Callable[[list[Any]], None]
+    ) -> Callable[[Sequence[Any]], list[tuple[Any, str]]]:
+        """The publisher's batch path; returns `send_many`.
+
+        `acked(item)` is called as each QoS 1 item's PUBACK arrives; `lost(items)` with
+        the items still unacknowledged, in the order sent, when a connection ends
+        (before the next one is up).
+        """
+        self._acked = acked
+        self._lost = lost
+        if self._outbox is not None:
+            self._outbox.acked = acked
+        return self.send_many
+
+    def send_many(self, items: Sequence[Any]) -> list[tuple[Any, str]]:
+        """Write PUBLISH packets (QoS 0/1) for `items` (``.topic .payload .qos .retain``).
+
+        No await and no future per message: one buffer, one write (see
+        `fastpath.Outbox`). Returns the items that cannot be published, with why;
+        raises `NotConnected` while the broker is away.
+        """
+        outbox = self._outbox
+        if outbox is None or self._client is None or not self.connected:
+            raise NotConnected(items[0].topic if items else "")
+        return outbox.send(items)
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False

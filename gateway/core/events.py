@@ -44,7 +44,7 @@ all work on the one window of event ids and their per-machine defect history.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -493,11 +493,29 @@ class EventPath:
         ecfg: EventsConfig,
     ) -> None:
         self.cfg = ecfg
+        self._subscriptions = list(subscriptions)
+        self._vcfg = vcfg
         self.parser = EventParser(subscriptions, vcfg, ecfg.default_factory)
         self.store = EventStore(ecfg.dedup_window, ecfg.warning_rate_per_h)
-        self.claim = self.parser.claim
+        self.claim: Callable[[RawMessage], dict[str, str] | None] = self.parser.claim
         self._counts = dict.fromkeys(EVENT_RESULTS, 0)
         self._touched: dict[str, tuple[str, int]] = {}  # machine -> (line, newest event_time)
+
+    def also_claim(self, source: str, topic: str, subscription: Subscription) -> None:
+        """Also take `source`'s messages on `topic` as events (HTTP ingest's /api/events),
+        parsed by `subscription`. The other sources' messages are claimed as before, by
+        the event subscriptions they had (none: one falsy check per message)."""
+        before = self.parser.claim
+        self.parser = EventParser(
+            [*self._subscriptions, subscription], self._vcfg, self.cfg.default_factory
+        )
+
+        def claim(msg: RawMessage) -> dict[str, str] | None:
+            if msg.topic == topic and msg.source == source:
+                return {}
+            return before(msg)
+
+        self.claim = claim
 
     def ingest(self, msg: RawMessage, levels: dict[str, str], lines: list[str]) -> list[Reject]:
         events, rejects = self.parser.parse(msg, levels)

@@ -14,9 +14,10 @@ readings,equipment=press\ 1,line=line-1,sensor=temperature,source=mqtt,unit=cels
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 from gateway.core.model import Reading, Score
+from gateway.core.series import CachePruner
 
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 
@@ -47,12 +48,17 @@ class ReadingLines:
     |z| reached `z_threshold` (an anomalous reading, whether or not it raised an alert).
     """
 
-    __slots__ = ("_cache", "_max", "_thr")
+    __slots__ = ("_cache", "_max", "_pruner", "_thr")
 
     def __init__(self, max_cached: int = 200_000, z_threshold: float = 3.0) -> None:
         self._cache: dict[tuple[object, ...], str] = {}
         self._max = max_cached
         self._thr = z_threshold
+        self._pruner = CachePruner()
+
+    def prune(self, series: Container[tuple[str, str]], budget: int) -> int:
+        """Drop cached prefixes of series not in `series`, `budget` looked at per call."""
+        return self._pruner.step(self._cache, series, budget)
 
     def _prefix(self, r: Reading) -> str:
         key = (r.equipment, r.sensor, r.unit, r.source, *r.tags.items())
@@ -159,8 +165,10 @@ def alert_line(
     z: float | None,
     threshold: float | None,
     ts_ns: int,
+    priority: str = "",
+    suppressed: str | None = None,
 ) -> str:
-    """One `alerts` point."""
+    """One `alerts` point; `suppressed` says why it was not annunciated (if it was not)."""
     tags = tag_set(
         [("equipment", equipment), ("sensor", sensor), ("kind", kind), ("severity", severity)]
     )
@@ -173,4 +181,17 @@ def alert_line(
         fields.append(f"threshold={format_float(threshold)}")
     fields.append(f"id={quote_field(alert_id)}")
     fields.append(f"message={quote_field(message)}")
+    if priority:
+        fields.append(f"priority={quote_field(priority)}")
+    if suppressed is not None:
+        fields.append(f"suppressed={quote_field(suppressed)}")
     return f"alerts{tags} {','.join(fields)} {ts_ns}"
+
+
+def audit_line(
+    *, action: str, equipment: str, alert_id: str, by: str, reason: str, ts_ns: int
+) -> str:
+    """One `alarm_audit` point: an operator's ack, shelve, unshelve or out-of-service."""
+    tags = tag_set([("action", action), ("equipment", equipment)])
+    fields = f"id={quote_field(alert_id)},by={quote_field(by)},reason={quote_field(reason)}"
+    return f"alarm_audit{tags} {fields} {ts_ns}"

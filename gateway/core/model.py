@@ -100,6 +100,28 @@ class Finding:
     std: float | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class AlarmPolicy:
+    """How the alerts of one series are annunciated (rule keys, ISA-18.2).
+
+    `deadband` (absolute units) applies to threshold alerts; the delays run on the
+    readings' timestamps. `priority` None means "follows severity". The
+    rationalisation fields are carried in the alert's events as they are.
+    """
+
+    deadband: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    priority: str | None = None
+    cause: str | None = None
+    consequence: str | None = None
+    action: str | None = None
+    response_time_s: float | None = None
+
+
+DEFAULT_POLICY: Final = AlarmPolicy()
+
+
 NO_FINDINGS: Final[tuple[Finding, ...]] = ()  # shared: a normal reading allocates no list
 
 
@@ -120,6 +142,24 @@ class Score:
         return bool(self.findings)
 
 
+class Completion:
+    """Told when the readings of the messages it rides on are durable, or cannot be.
+
+    A source that must answer only once its input is in the spool (HTTP ingest) puts
+    one in `RawMessage.conn` of every message of a batch it delivers. The durable-write
+    stage looks at the first message of each batch only, so sources that carry none
+    (MQTT: `conn` is the connection) pay one type check per batch, nothing per message.
+    """
+
+    __slots__ = ()
+
+    def durable(self) -> None:
+        """The batch's readings and lines are in the spool, fsynced (or there is no sink)."""
+
+    def failed(self, why: str) -> None:
+        """The batch did not become durable; `why` is worded for the client."""
+
+
 @dataclass(slots=True, frozen=True)
 class RawMessage:
     """Bytes as they arrived from a source, before normalization."""
@@ -132,7 +172,8 @@ class RawMessage:
     subscription: int = 0  # index into the source's subscription list
     # For acknowledging a QoS 1/2 message once its readings are durable: the
     # packet id, its QoS, and the connection it arrived on (acks never cross
-    # connections: a packet id means nothing on the next one).
+    # connections: a packet id means nothing on the next one). Sources that are
+    # answered only once the batch is durable put a `Completion` in `conn` instead.
     mid: int = 0
     qos: int = 0
     conn: object = None

@@ -2,7 +2,8 @@
 
 Processed batches queue here; everything queued at a moment is appended to the spool
 and fsynced once, and only then are the MQTT messages those readings came from
-acknowledged (docs/reliability.md "The path of one QoS 1 message"). Also opens the
+acknowledged (docs/reliability.md "The path of one QoS 1 message") and the HTTP
+requests they came from answered (`settle`: the `Completion`s in `conn`). Also opens the
 spool at start-up and rebuilds the duplicate memory from its newest records.
 """
 
@@ -19,7 +20,7 @@ from typing import TypeVar
 from adapters.base import BrokerLink, DurableSpool, SpoolFactory, SpoolRecovery
 from gateway.config import Settings
 from gateway.core.lineproto import ReadingLines, reading_keys
-from gateway.core.model import RawMessage, Reading, Score
+from gateway.core.model import Completion, RawMessage, Reading, Score
 from gateway.core.series import RecentKeys
 from gateway.daemon.metrics import Metrics
 
@@ -101,6 +102,24 @@ def remember_spooled(spool: DurableSpool, recent: RecentKeys) -> None:
         )
 
 
+def settle(group: list[WriteItem], why: str | None) -> None:
+    """Resolve the `Completion`s riding on a group's batches (HTTP ingest): durable, or why not.
+
+    Only the first message of each batch is looked at: a source puts completions on
+    every message of its batches or on none, so MQTT pays one check per batch.
+    """
+    for g in group:
+        msgs = g[2]
+        if msgs and isinstance(msgs[0].conn, Completion):
+            for m in msgs:
+                c = m.conn
+                if isinstance(c, Completion):
+                    if why is None:
+                        c.durable()
+                    else:
+                        c.failed(why)
+
+
 class DurableWriter:
     """The group-commit task (`run`); `spooled` is set whenever new records are on disk."""
 
@@ -145,14 +164,20 @@ class DurableWriter:
             if spool is None:  # no sink: nothing to make durable
                 self.metrics.readings_written.inc(len(readings))
                 self.link.ack(messages)
+                settle(group, None)
                 continue
             body = self.lines.build(readings)
             if alert_lines:
                 extra = "\n".join(alert_lines).encode()
                 body = body + b"\n" + extra if body else extra
-            await self.thread.run(self._append_durably, spool, body, len(readings))
+            try:
+                await self.thread.run(self._append_durably, spool, body, len(readings))
+            except BaseException as e:
+                settle(group, f"spool unavailable ({type(e).__name__})")
+                raise
             self.link.ack(messages)
             self.spooled.set()
+            settle(group, None)
 
     @staticmethod
     def _append_durably(spool: DurableSpool, body: bytes, readings: int) -> None:

@@ -87,13 +87,60 @@ class Metrics:
         self.alerts_active = Gauge("edge_alerts_active", "Alerts currently active", registry=r)
         self.alarms_suppressed = Counter(
             "edge_alarms_suppressed_total",
-            "Alert raises not published: on_delay (a z-score excursion shorter than "
-            "zscore_alert_after), by_design (part of the equipment's active episode)",
+            "Alert transitions not annunciated, by reason: on_delay (shorter than its "
+            "on-delay), chatter, flood, shelved, oos (out of service), by_design (its "
+            "equipment is offline, or the transition is part of an equipment episode)",
             ["reason"],
             registry=r,
         )
-        for reason in ("on_delay", "by_design"):
+        for reason in ("on_delay", "chatter", "flood", "shelved", "oos", "by_design"):
             self.alarms_suppressed.labels(reason)
+        # alarm-management KPIs (ISA-18.2 / EEMUA 191), docs/alarms.md
+        self.alarm_annunciations = Counter(
+            "edge_alarm_annunciations_total",
+            "Alert raises published to the operator",
+            ["line", "priority"],
+            registry=r,
+        )
+        self.alarm_flood_active = Gauge(
+            "edge_alarm_flood_active", "1 while the line is in alarm flood", ["line"], registry=r
+        )
+        self.alarm_flood_seconds = Counter(
+            "edge_alarm_flood_seconds_total",
+            "Reading time the line spent in alarm flood",
+            ["line"],
+            registry=r,
+        )
+        self.alarms_chattering = Gauge(
+            "edge_alarms_chattering", "Alert points currently chattering", registry=r
+        )
+        self.alarms_fleeting = Counter(
+            "edge_alarms_fleeting_total",
+            "Alerts raised and returned within fleeting_s without an ack",
+            registry=r,
+        )
+        self.alarms_stale = Gauge(
+            "edge_alarms_stale", "Alerts active longer than stale_after_s", registry=r
+        )
+        self.alarms_shelved = Gauge("edge_alarms_shelved", "Alert points shelved", registry=r)
+        self.alarms_by_state = Gauge(
+            "edge_alarms_active",
+            "Active alerts by priority and state",
+            ["priority", "state"],
+            registry=r,
+        )
+        self.alarm_ack_seconds = Histogram(
+            "edge_alarm_ack_seconds",
+            "Time from raise to acknowledgement",
+            buckets=(5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+            registry=r,
+        )
+        self.alarm_commands_rejected = Counter(
+            "edge_alarm_commands_rejected_total",
+            "Operator commands (ack, shelve, unshelve, oos) rejected, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.publish_coalesced = Counter(
             "edge_publish_coalesced_total",
             "Retained status/active-alert publishes replaced by a newer value before sending",
@@ -105,6 +152,15 @@ class Metrics:
             registry=r,
         )
         self.series_active = Gauge("edge_series_active", "Distinct series seen", registry=r)
+        self.series_expired = Counter(
+            "edge_series_expired_total",
+            "Series forgotten: idle (no reading for series_idle_s), room (let go by a full "
+            "registry to admit a new series)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("idle", "room"):
+            self.series_expired.labels(reason)
         self.pipeline_latency = Histogram(
             "edge_pipeline_latency_seconds",
             "Receive to detected, per batch of readings",
@@ -159,6 +215,57 @@ class Metrics:
         )
         self.sink_ok = Gauge(
             "edge_influx_up", "1 while the last write to the sink succeeded", registry=r
+        )
+        self._sparkplug_metrics(r)
+
+    def _sparkplug_metrics(self, r: CollectorRegistry) -> None:
+        """Sparkplug B host application (gateway/daemon/sparkplug.py, README "Sparkplug B")."""
+        self.sparkplug_messages = Counter(
+            "edge_sparkplug_messages_total",
+            "Sparkplug B messages seen, by type (NBIRTH, NDATA, DDEATH, STATE, ...)",
+            ["type"],
+            registry=r,
+        )
+        self.sparkplug_rebirths = Counter(
+            "edge_sparkplug_rebirths_total",
+            "Rebirth requests (NCMD Node Control/Rebirth) sent, by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.sparkplug_rebirths_suppressed = Counter(
+            "edge_sparkplug_rebirths_suppressed_total",
+            "Rebirth requests held back: one already asked within the cooldown",
+            registry=r,
+        )
+        self.sparkplug_skipped = Counter(
+            "edge_sparkplug_values_skipped_total",
+            "Sparkplug metric values that are not readings, by reason (string, null, ...)",
+            ["reason"],
+            registry=r,
+        )
+        self.sparkplug_stale_deaths = Counter(
+            "edge_sparkplug_stale_deaths_total",
+            "NDEATHs ignored: bdSeq of an older session, or of a node never seen born",
+            registry=r,
+        )
+        self.sparkplug_seq = Counter(
+            "edge_sparkplug_seq_total",
+            "Sparkplug seq events: gaps opened, missing messages filled within the timeout",
+            ["event"],
+            registry=r,
+        )
+        self.sparkplug_alias_conflicts = Counter(
+            "edge_sparkplug_alias_conflicts_total",
+            "BIRTH aliases already bound to another metric of the same edge node",
+            registry=r,
+        )
+        self.sparkplug_nodes = Gauge(
+            "edge_sparkplug_nodes", "Sparkplug edge nodes known, by state", ["state"], registry=r
+        )
+        self.sparkplug_state_online = Gauge(
+            "edge_sparkplug_state_online",
+            "1 while this gateway's Sparkplug STATE says online (host_id set)",
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -25,15 +25,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from adapters.base import BrokerLink, DurableSpool, Sink, Source, SpoolFactory
 from gateway.config import Settings, Subscription
+from gateway.core.alarms import CommandRejected
 from gateway.core.alerts import Alert, AlertManager
 from gateway.core.detectors import Detectors
 from gateway.core.events import EventStore
 from gateway.core.model import RawMessage, Reading, Score
 from gateway.core.normalize import Normalizer
+from gateway.core.rings import SeriesRings
 from gateway.daemon.durable import (
     DurableWriter,
     SpoolThread,
@@ -42,8 +45,9 @@ from gateway.daemon.durable import (
     open_spool,
     remember_spooled,
 )
+from gateway.daemon.history import AlertHistory
 from gateway.daemon.metrics import Metrics
-from gateway.daemon.process import Processed, Processor
+from gateway.daemon.process import Processed, Processor, Watcher
 from gateway.daemon.publish import Publisher
 from gateway.daemon.send import Sender
 from gateway.daemon.snapshots import Snapshots
@@ -81,6 +85,10 @@ class Gateway:
         self.processor = Processor(s, self.metrics, self.publisher, source_subscriptions)
         self.state = StateStore(s.spool.dir)
         self.snapshots = Snapshots(self.state, self.processor)
+        # every alert transition into SQLite (gateway/daemon/history.py); None: off
+        self.history: AlertHistory | None = None
+        if s.history.enabled:
+            self.history = AlertHistory(s.history, s.spool.dir, self.metrics.registry)
         # intake batches hold up to max_batch messages: queue_size messages in all
         self._ingest: asyncio.Queue[list[RawMessage] | None] = asyncio.Queue(
             maxsize=max(2, s.pipeline.queue_size // link.max_batch)
@@ -125,6 +133,23 @@ class Gateway:
     @property
     def event_store(self) -> EventStore:
         return self.processor.events.store
+
+    @property
+    def rings(self) -> SeriesRings:
+        return self.processor.rings
+
+    def command(self, name: str, cmd: dict[str, Any]) -> CommandRejected | None:
+        """An operator command from HTTP: as MQTT's (checks, audit, counters)."""
+        return self.processor.commands.apply(name, cmd)
+
+    def is_shelved(self, equipment: str, sensor: str, kind: str) -> bool:
+        return self.processor.alarms.is_shelved(equipment, sensor, kind)
+
+    def watch(self, fn: Watcher) -> Callable[[], None]:
+        """Call `fn` with every emit's transitions and status changes; returns unwatch."""
+        watchers = self.processor.watchers
+        watchers.append(fn)
+        return lambda: watchers.remove(fn) if fn in watchers else None
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
@@ -218,11 +243,22 @@ class Gateway:
         await self.open_spool()
         self.restore_state()
         runner = None
+        if self.history is not None:
+            if await self.history.start():
+                self.processor.watchers.append(self.history.record)
+            else:
+                self.history = None
         if self.settings.http.enabled:
-            runner = await start_http(self, self.settings.http.host, self.settings.http.port)
+            try:
+                runner = await start_http(self, self.settings.http.host, self.settings.http.port)
+            except OSError:
+                if self.history is not None:
+                    await self.history.close()
+                raise
         self.metrics.mqtt_connected.set(0)
         self.metrics.sink_ok.set(1)
         writer = DurableWriter(self.settings, self.metrics, self.link, self.spool, self._thread)
+        self.processor.expiry.lines = writer.lines  # its cache of expired series is pruned
         stages = [
             asyncio.create_task(self._process_loop(), name="process"),
             asyncio.create_task(writer.run(self._writes), name="spool"),
@@ -265,6 +301,8 @@ class Gateway:
         if self.spool is not None:
             await self._thread.run(self.spool.close)
         self._thread.shutdown()
+        if self.history is not None:
+            await self.history.close()  # after the drain's last transitions
         if runner is not None:
             await runner.cleanup()
         if self.sink is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import orjson
 
 from gateway.config import Settings, Subscription
+from gateway.core.alarms import Annunciator, priority_mix
 from gateway.core.alerts import Alert, AlertManager, iso_ms
 from gateway.core.detectors import Detectors, OfflineTracker, RuleSet
 from gateway.core.events import EventPath
@@ -24,6 +25,7 @@ from gateway.core.model import (
     DEFECT_RATE,
     OFFLINE,
     REJECT_REASONS,
+    AlarmPolicy,
     RawMessage,
     Reading,
     Reject,
@@ -31,8 +33,12 @@ from gateway.core.model import (
 )
 from gateway.core.normalize import Normalizer
 from gateway.core.ratelimit import TokenBucket
+from gateway.core.rings import SeriesRings
+from gateway.daemon.commands import AlarmCommands
+from gateway.daemon.expiry import Forgetting
 from gateway.daemon.metrics import Metrics
 from gateway.daemon.publish import Publisher
+from gateway.daemon.sparkplug import SparkplugHook
 
 log = logging.getLogger("edge.pipeline")
 
@@ -43,6 +49,8 @@ URGENT_STATES = frozenset({"raised", "escalated"})
 URGENT_SEVERITIES = frozenset({"high", "critical"})
 
 Processed = list[tuple[Reading, Score]]
+# (alert transitions, status changes (equipment, status, last_seen ns)) of one emit
+Watcher = Callable[[list[Alert], list[tuple[str, str, int]]], None]
 
 
 class Processor:
@@ -69,16 +77,18 @@ class Processor:
         )
         self.others: dict[str, Normalizer] = {}
         for name, subs in (sources or {}).items():
-            n = Normalizer(subs, s.validation, bounds=self._bounds, source=name)
-            n.series = self.normalizer.series
-            n.recent = self.normalizer.recent
-            self.others[name] = n
+            self.add_source(name, Normalizer(subs, s.validation, bounds=self._bounds, source=name))
         self.detectors = Detectors(s.detection, self.rules, s.alerts.clear_after)
         self.offline = OfflineTracker(s.alerts.offline_after_s)
-        self.alerts = AlertManager(s.alerts)
+        self.alerts = AlertManager(s.alerts, self._policy)
+        self.alarms = Annunciator(s.alerts, self.alerts)  # what reaches the operator
+        mix = priority_mix([r.priority for r in s.rules])
+        if mix is not None:
+            log.warning("%s", mix)
         self.events = EventPath(s.mqtt.subscriptions, s.validation, s.events)
         prefix = s.alerts.topic_prefix
-        self.ack_topic = f"{prefix}/ack"
+        self.commands = AlarmCommands(prefix, self.alerts, self.alarms, metrics, self.emit)
+        self._signal_at = (0, 0.0)  # (newest reading ts, gateway time it arrived)
         self.deadletter_topic = f"gateway/{s.mqtt.client_id}/deadletter"
         self._dl_bucket = TokenBucket(
             s.mqtt.deadletter_per_s, max(1, int(s.mqtt.deadletter_per_s)), time.monotonic()
@@ -87,9 +97,25 @@ class Processor:
         # (updated once per batch), and the last alert transitions.
         self.latest: dict[tuple[str, str], tuple[Reading, Score]] = {}
         self.recent_alerts: deque[Alert] = deque(maxlen=RECENT_ALERTS)
+        # recent readings per series for the page's charts (`latest` is updated with them)
+        self.rings = SeriesRings(s.http.series_points)
+        # told every alert transition and status change, after publishing (history, SSE)
+        self.watchers: list[Watcher] = []
         m = metrics
         self._m_received = m.readings_received.labels("mqtt")
         self._m_rejected = {r: m.readings_rejected.labels(r) for r in REJECT_REASONS}
+        self.expiry = Forgetting(self)  # idle series, forgotten equipment (issue 20)
+        self.sparkplug = SparkplugHook.create(self)  # format sparkplug (issue 15)
+
+    def add_source(self, name: str, normalizer: Normalizer) -> None:
+        """Normalize raw messages of source `name` with `normalizer`, sharing the series
+        registry (max_series) and the duplicate memory with the MQTT one."""
+        normalizer.series = self.normalizer.series
+        normalizer.recent = self.normalizer.recent
+        self.others[name] = normalizer
+
+    def _policy(self, equipment: str, sensor: str, line: str) -> AlarmPolicy:
+        return self.rules.resolve(equipment, sensor, line).policy
 
     def _bounds(self, equipment: str, sensor: str, line: str) -> tuple[float | None, float | None]:
         rule = self.rules.resolve(equipment, sensor, line)
@@ -97,20 +123,10 @@ class Processor:
 
     # ------------------------------------------------------------- commands
     def on_command(self, topic: str, payload: bytes) -> None:
-        if topic != self.ack_topic:
+        if topic == self.expiry.forget_topic:  # written with the next batch, audited
+            self.commands.lines.extend(self.expiry.command(payload))
             return
-        try:
-            cmd = orjson.loads(payload)
-            alert_id = str(cmd["id"])
-            by = str(cmd.get("by") or "unknown")
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            self.metrics.acks_unknown.inc()
-            log.warning("alerts: ignored malformed ack on %s", topic)
-            return
-        transitions = self.alerts.acknowledge(alert_id, by, time.time())
-        if not transitions:
-            self.metrics.acks_unknown.inc()
-        self.emit(transitions)
+        self.commands.handle(topic, payload)  # ack, shelve, unshelve, oos
 
     # ---------------------------------------------------------------- batch
     def process(self, batch: list[RawMessage]) -> tuple[Processed, list[str]]:
@@ -153,6 +169,8 @@ class Processor:
                 if t:
                     transitions.extend(t)
                 out.append((r, sc))
+        if self.sparkplug is not None:  # history readings, deaths, births, rebirths
+            transitions.extend(self.sparkplug.after_batch(out, now))
         if out:
             n_other = 0
             for source, n in other_counts.items():
@@ -161,8 +179,13 @@ class Processor:
                     n_other += n
             if len(out) > n_other:
                 self._m_received.inc(len(out) - n_other)
-            self.latest.update({(p[0].equipment, p[0].sensor): p for p in out})
+            self.rings.record(out, self.latest)  # and `latest`
             self.metrics.pipeline_latency.observe(time.monotonic() - oldest)
+        if out:  # the readings' clock, for chattering and flood windows
+            newest = out[-1][0].ts
+            if newest > self._signal_at[0]:
+                self._signal_at = (newest, now)
+                self.alarms.advance(newest)
         detectors = self.detectors
         if detectors.episodes:
             for equipment, line, ep in detectors.drain_episodes():
@@ -177,12 +200,42 @@ class Processor:
         if pub.coalesced:
             self.metrics.publish_coalesced.inc(pub.coalesced)
             pub.coalesced = 0
-        sup = self.detectors.suppressed
-        for reason, n in sup.items():
-            if n:
-                self.metrics.alarms_suppressed.labels(reason).inc(n)
-                sup[reason] = 0
-        self.metrics.episodes_active.set(self.detectors.episodes_active)
+        m = self.metrics
+        for sup in (self.detectors.suppressed, self.alerts.suppressed, self.alarms.suppressed):
+            for reason, n in sup.items():
+                if n:
+                    m.alarms_suppressed.labels(reason).inc(n)
+                    sup[reason] = 0
+        m.episodes_active.set(self.detectors.episodes_active)
+        self._export_alarm_kpis(time.time())
+
+    def _export_alarm_kpis(self, now: float) -> None:
+        """The alarm-management KPIs (ISA-18.2) from the annunciator's counters."""
+        m, al = self.metrics, self.alarms
+        for (line, priority), n in al.annunciations.items():
+            m.alarm_annunciations.labels(line, priority).inc(n)
+        al.annunciations.clear()
+        for line, secs in al.flood_seconds.items():
+            m.alarm_flood_seconds.labels(line).inc(secs)
+        al.flood_seconds.clear()
+        for line, active in al.floods().items():
+            m.alarm_flood_active.labels(line).set(1 if active else 0)
+        if al.fleeting:
+            m.alarms_fleeting.inc(al.fleeting)
+            al.fleeting = 0
+        for secs in al.ack_seconds:
+            m.alarm_ack_seconds.observe(secs)
+        al.ack_seconds.clear()
+        m.alarms_chattering.set(al.chattering)
+        m.alarms_shelved.set(al.shelved)
+        m.alarms_stale.set(al.stale_count(now))
+        by_state: dict[tuple[str, str], int] = {}
+        for a in self.alerts.iter_active():
+            k = (a.priority or a.severity, a.state)
+            by_state[k] = by_state.get(k, 0) + 1
+        for priority in ("low", "medium", "high", "critical"):
+            for state in ("raised", "escalated", "acknowledged", "returned"):
+                m.alarms_by_state.labels(priority, state).set(by_state.get((priority, state), 0))
 
     def tick(self, now: float, mono: float) -> list[str]:
         """Time-driven transitions (offline, escalation, defect rates aging out); lines."""
@@ -191,8 +244,14 @@ class Processor:
             last = self.alerts.last_seen(equipment) or 0
             transitions.extend(self.alerts.offline(equipment, line, now, last))
         transitions.extend(self.alerts.tick(now))
+        if self.sparkplug is not None:  # reorder timeouts, edge_sparkplug_* metrics
+            transitions.extend(self.sparkplug.tick(now, mono))
+        signal, at = self._signal_at
+        if signal and now - at > 1.0:  # no newer reading: the readings' clock runs on
+            self.alarms.advance(signal + int((now - at) * 1e9))
+        self.alarms.tick(now)
         transitions.extend(self._defect_rate_tick(now))
-        return self.emit(transitions)
+        return self.emit(transitions) + self.expiry.tick(now)
 
     def _events_done(self, now: float) -> list[Alert]:
         """Count a batch's events; re-check the defect rate of the machines it touched."""
@@ -249,23 +308,15 @@ class Processor:
                 self.metrics.deadletters_suppressed.inc()
 
     def emit(self, transitions: list[Alert]) -> list[str]:
-        """Publish alert transitions and status changes; return their alert lines."""
-        lines: list[str] = []
+        """Route alert transitions through alarm management, publish what it lets
+        through (and the retained topics it keeps) and status changes; return the
+        alert lines of every transition, with why it was not annunciated, if not."""
+        lines = self.commands.drain() if self.commands.lines else []
         self.recent_alerts.extend(transitions)
-        prefix = self.settings.alerts.topic_prefix
-        put = self.publisher.put
+        route = self.alarms.route
+        count = self.metrics.alerts.labels
         for a in transitions:
-            self.metrics.alerts.labels(a.kind, a.severity, a.state).inc()
-            event = orjson.dumps(a.to_event())
-            # a fresh or worse high/critical alert goes ahead of any backlog (an offline
-            # storm is the backlog: its alerts keep their place)
-            urgent = (
-                a.state in URGENT_STATES and a.severity in URGENT_SEVERITIES and a.kind != OFFLINE
-            )
-            put(f"{prefix}/events/{a.equipment}/{a.sensor}", event, 1, False, urgent)
-            active_topic = f"{prefix}/active/{a.equipment}/{a.sensor}/{a.kind}"
-            retained = b"" if a.state == "cleared" else event
-            put(active_topic, retained, 1, True, urgent)
+            count(a.kind, a.severity, a.state).inc()
             lines.append(
                 alert_line(
                     equipment=a.equipment,
@@ -279,14 +330,37 @@ class Processor:
                     z=a.z,
                     threshold=a.threshold,
                     ts_ns=int(a.updated_at * 1e9),
+                    priority=a.priority,
+                    suppressed=route(a),
                 )
             )
+        prefix = self.settings.alerts.topic_prefix
+        put = self.publisher.put
+        for p in self.alarms.drain():
+            b = p.alert
+            if b is None:  # shelved/, oos/, flood/, or an active/ topic withdrawn
+                put(f"{prefix}/{p.topic}", p.body, 1, True)
+                continue
+            event = orjson.dumps(b.to_event())
+            # a fresh or worse high/critical alert goes ahead of any backlog (an offline
+            # storm is the backlog: its alerts keep their place)
+            urgent = (
+                b.state in URGENT_STATES and b.severity in URGENT_SEVERITIES and b.kind != OFFLINE
+            )
+            put(f"{prefix}/events/{b.equipment}/{b.sensor}", event, 1, False, urgent)
+            active_topic = f"{prefix}/active/{b.equipment}/{b.sensor}/{b.kind}"
+            retained = b"" if b.state == "cleared" else event
+            put(active_topic, retained, 1, True, urgent)
         status_prefix = self.settings.alerts.status_prefix
-        for equipment, status, last_seen_ns in self.alerts.drain_status_changes():
+        changes = self.alerts.drain_status_changes()
+        for equipment, status, last_seen_ns in changes:
             body = orjson.dumps(
                 {"equipment": equipment, "status": status, "last_seen": iso_ms(last_seen_ns)}
             )
             put(f"{status_prefix}/{equipment}", body, 1, True)
+        if self.watchers and (transitions or changes):
+            for watch in self.watchers:
+                watch(transitions, changes)
         if transitions:
             self.metrics.alerts_active.set(self.alerts.active_count)
         return lines

@@ -29,6 +29,7 @@ def state_parts(p: Processor) -> dict[str, Part]:
             p.detectors.restore_episodes,
         ),
         "alerts.json": (lambda: (p.alerts.snapshot(),), p.alerts.restore),
+        "alarms.json": (lambda: (p.alarms.snapshot(),), p.alarms.restore),
         "events.json": (p.events.store.snapshot_chunks, p.events.store.restore),
         "equipment.json": (
             lambda: (p.offline.snapshot(),),
@@ -56,12 +57,38 @@ class Snapshots:
                 restore(data)
             except ValueError as e:
                 self.store.quarantine(name, str(e))
+        self._rebuild_registry()
         p = self.processor
         if p.detectors.series_count or p.alerts.active_count:
             log.info(
                 "state: restored %d series baselines and %d active alerts",
                 p.detectors.series_count,
                 p.alerts.active_count,
+            )
+
+    def _rebuild_registry(self) -> None:
+        """Make the series registry and the restored detector state agree, within max_series.
+
+        The registry is the authority when its file lists every series (version 2): state
+        of a series it does not hold (expired, or over the cap) is dropped, so a restart
+        neither resurrects expired series nor admits max_series new ones beside the old.
+        From an older file (only receive-time stamps), the restored baselines register
+        their series as seen now, up to the cap; the rest are dropped.
+        """
+        p = self.processor
+        reg = p.normalizer.series
+        det = p.detectors
+        keys = det.series_keys()
+        if reg.complete:
+            drop = [k for k in keys if k not in reg]
+        else:
+            drop = reg.adopt(keys, time.time_ns())
+        for key in drop:
+            det.forget(key)
+        if drop:
+            log.info(
+                "state: %d restored series baselines dropped (expired or over max_series)",
+                len(drop),
             )
 
     async def save(self) -> None:

@@ -120,6 +120,7 @@ warmup = 10
 [alerts]
 clear_after = 2
 offline_after_s = 1
+ack_required = []  # SPEC §6 auto-clear (latching: test_alarm_management.py)
 [events]
 warning_rate_per_h = {RATE_THRESHOLD}
 rate_window_s = 3600
@@ -135,103 +136,111 @@ template = "factory/{{factory}}/{{line}}/{{equipment}}/events"
 format = "event"
 """,
     )
-    p = Plant(gw, influxdb1, db)
-    now_ms = int(time.time() * 1000)
-    p.start_ms = now_ms - 10 * 60_000
-    base = now_ms - 60_000
-    with MqttProbe(mosquitto.port, ["alerts/events/#"]) as probe:
+    # a failed set-up must not leave this gateway consuming the session broker's
+    # plant/# messages beside the next tests' gateways
+    try:
+        p = Plant(gw, influxdb1, db)
+        now_ms = int(time.time() * 1000)
+        p.start_ms = now_ms - 10 * 60_000
+        base = now_ms - 60_000
+        with MqttProbe(mosquitto.port, ["alerts/events/#"]) as probe:
 
-        def ours(m: Any) -> bool:
-            return m.topic.startswith("alerts/events/") and m.json()["equipment"] in p.equipment
+            def ours(m: Any) -> bool:
+                return m.topic.startswith("alerts/events/") and m.json()["equipment"] in p.equipment
 
-        def event(eq: str, kind: str, state: str) -> Callable[[Any], bool]:
-            def match(m: Any) -> bool:
-                e = m.json() if m.topic.startswith("alerts/events/") else {}
-                return (e.get("equipment"), e.get("kind"), e.get("state")) == (eq, kind, state)
+            def event(eq: str, kind: str, state: str) -> Callable[[Any], bool]:
+                def match(m: Any) -> bool:
+                    e = m.json() if m.topic.startswith("alerts/events/") else {}
+                    return (e.get("equipment"), e.get("kind"), e.get("state")) == (eq, kind, state)
 
-            return match
+                return match
 
-        # Production events, 5 minutes ago (production.json's "last hour" panel too).
-        # m1: 3 defects -> 3/h >= 2/h: defect_rate raised. m2: an unknown count (-1, an
-        # event but no defects) and an event whose update moves it (a tombstone stays).
-        t0 = now_ms - 5 * 60_000
-        initial = [
-            Ev(uid("E"), t0, p.m1, "L1", 1),
-            Ev(uid("E"), t0 + 20_000, p.m1, "L1", 1),
-            Ev(uid("E"), t0 + 40_000, p.m1, "L1", 1),
-            Ev(uid("E"), t0 + 5_000, p.m2, "L2", 1),
-            Ev(uid("E"), t0 + 25_000, p.m2, "L2", -1),
-            Ev(uid("E"), t0 + 45_000, p.m2, "L2", 0),
-            Ev(uid("E"), t0 + 10_000, p.m3, "L1", 0),
-            Ev(uid("E"), t0 + 30_000, p.m3, "L1", 1),
-        ]
-
-        def publish_events(evs: list[Ev]) -> None:
-            for machine in sorted({e.machine for e in evs}):
-                mine = [e for e in evs if e.machine == machine]
-                probe.publish(
-                    f"factory/{p.factory}/{p.machine_line[machine]}/{machine}/events",
-                    [
-                        {
-                            "event_id": e.event_id,
-                            "event_time": e.ms,
-                            "duration_ms": 4000,
-                            "defect_count": e.defects,
-                        }
-                        for e in mine
-                    ],
-                )
-            p.live_events.update({e.event_id: e for e in evs})
-
-        publish_events(initial)
-        gw.wait_metric("edge_events_total", lambda v: v == len(initial), result="stored")
-        moved = initial[3]._replace(ms=t0 + 65_000)  # same id, later event_time: an update
-        p.superseded.append(initial[3])
-        publish_events([moved])
-        gw.wait_metric("edge_events_total", lambda v: v == 1, result="update")
-        p.rate_alert = probe.wait_for(event(p.m1, "defect_rate", "raised"))[0].json()
-
-        def publish(eq: str, sensor: str, unit: str, vals: list[float], first: int = 0) -> None:
-            batch = [
-                {"value": v, "ts": base + (first + i) * 1000, "unit": unit}
-                for i, v in enumerate(vals)
+            # Production events, 5 minutes ago (production.json's "last hour" panel too).
+            # m1: 3 defects -> 3/h >= 2/h: defect_rate raised. m2: an unknown count (-1, an
+            # event but no defects) and an event whose update moves it (a tombstone stays).
+            t0 = now_ms - 5 * 60_000
+            initial = [
+                Ev(uid("E"), t0, p.m1, "L1", 1),
+                Ev(uid("E"), t0 + 20_000, p.m1, "L1", 1),
+                Ev(uid("E"), t0 + 40_000, p.m1, "L1", 1),
+                Ev(uid("E"), t0 + 5_000, p.m2, "L2", 1),
+                Ev(uid("E"), t0 + 25_000, p.m2, "L2", -1),
+                Ev(uid("E"), t0 + 45_000, p.m2, "L2", 0),
+                Ev(uid("E"), t0 + 10_000, p.m3, "L1", 0),
+                Ev(uid("E"), t0 + 30_000, p.m3, "L1", 1),
             ]
-            probe.publish(f"plant/line-d/{eq}/{sensor}", batch)
-            p.points.setdefault((eq, sensor), []).extend(
-                (base + (first + i) * 1000, v) for i, v in enumerate(vals)
-            )
-            p.last[(eq, sensor)] = (base + (first + len(vals) - 1) * 1000, vals[-1])
 
-        publish(p.a, "temperature", "celsius", [50.0 + (i % 5) * 0.5 for i in range(15)] + [99.0])
-        publish(p.b, "pressure", "psi", [20.0 + (i % 4) * 0.3 for i in range(15)] + [200.0])
-        publish(p.c, "vibration", "hz", [3.0, 3.5])
-        # b's alert clears in a later batch: a raise and a clear of one alert in the same
-        # batch share a timestamp and series in InfluxDB, and the clear overwrites the raise
-        probe.wait_for(event(p.b, "zscore", "raised"))
-        publish(p.b, "pressure", "psi", [20.1, 20.4], first=16)
-        probe.wait_for(event(p.b, "zscore", "cleared"))
-        # All three go silent: offline alerts, after which nothing changes any more
-        # (an equipment that came back would go offline again while the tests run).
-        for eq in (p.a, p.b, p.c):
-            probe.wait_for(event(eq, "offline", "raised"), timeout=10)
-        p.events = [m.json() for m in probe.messages(ours)]
-        machine_alerts = [
-            m.json()
-            for m in probe.messages("alerts/events/#")
-            if m.json()["equipment"] in p.machine_line
-        ]
-        assert machine_alerts == [p.rate_alert]  # m2 and m3 stay below the threshold
-    p.end_ms = int(time.time() * 1000) + 60_000
-    # every transition seen on MQTT is in InfluxDB, and every event point
-    deadline = time.monotonic() + 10
-    while len(rows(p.run('SELECT "id" FROM "alerts" WHERE $timeFilter'))) < len(p.events) + len(
-        machine_alerts
-    ) or len(rows(p.run('SELECT "event_id" FROM "machine_events" WHERE $timeFilter'))) < len(
-        p.live_events
-    ) + len(p.superseded):
-        assert time.monotonic() < deadline, "alert / event points did not reach InfluxDB"
-        time.sleep(0.1)
-    yield p
+            def publish_events(evs: list[Ev]) -> None:
+                for machine in sorted({e.machine for e in evs}):
+                    mine = [e for e in evs if e.machine == machine]
+                    probe.publish(
+                        f"factory/{p.factory}/{p.machine_line[machine]}/{machine}/events",
+                        [
+                            {
+                                "event_id": e.event_id,
+                                "event_time": e.ms,
+                                "duration_ms": 4000,
+                                "defect_count": e.defects,
+                            }
+                            for e in mine
+                        ],
+                    )
+                p.live_events.update({e.event_id: e for e in evs})
+
+            publish_events(initial)
+            gw.wait_metric("edge_events_total", lambda v: v == len(initial), result="stored")
+            moved = initial[3]._replace(ms=t0 + 65_000)  # same id, later event_time: an update
+            p.superseded.append(initial[3])
+            publish_events([moved])
+            gw.wait_metric("edge_events_total", lambda v: v == 1, result="update")
+            p.rate_alert = probe.wait_for(event(p.m1, "defect_rate", "raised"))[0].json()
+
+            def publish(eq: str, sensor: str, unit: str, vals: list[float], first: int = 0) -> None:
+                batch = [
+                    {"value": v, "ts": base + (first + i) * 1000, "unit": unit}
+                    for i, v in enumerate(vals)
+                ]
+                probe.publish(f"plant/line-d/{eq}/{sensor}", batch)
+                p.points.setdefault((eq, sensor), []).extend(
+                    (base + (first + i) * 1000, v) for i, v in enumerate(vals)
+                )
+                p.last[(eq, sensor)] = (base + (first + len(vals) - 1) * 1000, vals[-1])
+
+            publish(
+                p.a, "temperature", "celsius", [50.0 + (i % 5) * 0.5 for i in range(15)] + [99.0]
+            )
+            publish(p.b, "pressure", "psi", [20.0 + (i % 4) * 0.3 for i in range(15)] + [200.0])
+            publish(p.c, "vibration", "hz", [3.0, 3.5])
+            # b's alert clears in a later batch: a raise and a clear of one alert in the same
+            # batch share a timestamp and series in InfluxDB, and the clear overwrites the raise
+            probe.wait_for(event(p.b, "zscore", "raised"))
+            publish(p.b, "pressure", "psi", [20.1, 20.4], first=16)
+            probe.wait_for(event(p.b, "zscore", "cleared"))
+            # All three go silent: offline alerts, after which nothing changes any more
+            # (an equipment that came back would go offline again while the tests run).
+            for eq in (p.a, p.b, p.c):
+                probe.wait_for(event(eq, "offline", "raised"), timeout=10)
+            p.events = [m.json() for m in probe.messages(ours)]
+            machine_alerts = [
+                m.json()
+                for m in probe.messages("alerts/events/#")
+                if m.json()["equipment"] in p.machine_line
+            ]
+            assert machine_alerts == [p.rate_alert]  # m2 and m3 stay below the threshold
+        p.end_ms = int(time.time() * 1000) + 60_000
+        # every transition seen on MQTT is in InfluxDB, and every event point
+        deadline = time.monotonic() + 10
+        while len(rows(p.run('SELECT "id" FROM "alerts" WHERE $timeFilter'))) < len(p.events) + len(
+            machine_alerts
+        ) or len(rows(p.run('SELECT "event_id" FROM "machine_events" WHERE $timeFilter'))) < len(
+            p.live_events
+        ) + len(p.superseded):
+            assert time.monotonic() < deadline, "alert / event points did not reach InfluxDB"
+            time.sleep(0.1)
+        yield p
+    except BaseException:
+        gw.kill()
+        raise
     assert gw.stop() == 0
 
 

@@ -79,7 +79,10 @@ def test_api_equipment(spawn: Gateways, mosquitto: Mosquitto) -> None:
 
 
 def test_api_alerts(spawn: Gateways, mosquitto: Mosquitto) -> None:
-    gw = spawn('[[rules]]\nsensor = "temperature"\nhigh = 85.0\n[alerts]\nclear_after = 1\n')
+    gw = spawn(
+        '[[rules]]\nsensor = "temperature"\nhigh = 85.0\n[alerts]\nclear_after = 1\n'
+        "ack_required = []\n"  # SPEC §6 auto-clear: this test is about the API
+    )
     a, b = uid("api-al"), uid("api-al")
     with MqttProbe(mosquitto.port, ["alerts/events/#"]) as p:
         p.publish(f"plant/line-s/{a}/temperature", 99.0)

@@ -17,6 +17,10 @@ import pytest
 from tests.harness import GatewayProcess, Gateways, Message, MqttProbe, uid
 from tests.servers import Mosquitto, VictoriaMetrics
 
+# SPEC §6's auto-clear for every priority; latching of high/critical alerts (the
+# default `ack_required`) is tested in test_alarm_management.py
+AUTO_CLEAR = "[alerts]\nack_required = []\n"
+
 
 def retained(port: int, topic_filter: str) -> list[Message]:
     """What a subscriber arriving now gets for `topic_filter` (retained messages).
@@ -65,7 +69,7 @@ def test_zscore_spike_raises_one_alert_per_band_then_clears(
 ) -> None:
     # every band from a single reading: the SPEC's z-score alerting, without the default
     # persistence for low/medium (tested in test_zscore_low_band_needs_a_persisting_run)
-    gw = spawn("[detection]\nzscore_alert_after = 1\n")
+    gw = spawn("[detection]\nzscore_alert_after = 1\n" + AUTO_CLEAR)
     eq = uid("z-eq")
     probe.subscribe(f"alerts/events/{eq}/+", f"alerts/active/{eq}/#", f"status/{eq}")
     # the detector's baseline: every value learned so far (window 100 > all of them)
@@ -200,7 +204,7 @@ critical_high = 100.0
 def test_threshold_rule_breach_escalation_and_clear(
     spawn: Gateways, probe: MqttProbe, victoria: VictoriaMetrics
 ) -> None:
-    gw = spawn(RULES)
+    gw = spawn(RULES + AUTO_CLEAR + "chatter_count = 10\n")  # 3 raises in seconds
     eq = uid("thr")
     probe.subscribe(f"alerts/events/{eq}/+")
     topic = f"plant/line-t/{eq}/temperature"
@@ -261,7 +265,7 @@ def test_threshold_rule_breach_escalation_and_clear(
 def test_offline_after_silence_and_back_online(
     spawn: Gateways, probe: MqttProbe, mosquitto: Mosquitto
 ) -> None:
-    gw = spawn("[alerts]\noffline_after_s = 2\n")
+    gw = spawn("[alerts]\noffline_after_s = 2\nack_required = []\n")
     eq = uid("off")
     probe.subscribe(f"alerts/events/{eq}/#", f"status/{eq}")
     probe.publish(f"plant/line-o/{eq}/temperature", 20.0)

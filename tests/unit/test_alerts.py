@@ -39,6 +39,7 @@ EVENT_KEYS = [
     "ts",
     "raised_at",
     "message",
+    "priority",
 ]
 
 
@@ -146,7 +147,7 @@ def test_tick_does_not_escalate_acknowledged() -> None:
 
 
 def test_clear_after_exactly_n_normals() -> None:
-    m = mgr(clear_after=3)
+    m = mgr(clear_after=3, ack_required=[])
     (a,) = m.observe(reading(150.0), anomaly(zf()), T0)
     assert m.observe(reading(50.0), NORMAL, T0 + 1) == []
     assert m.observe(reading(50.0), NORMAL, T0 + 2) == []
@@ -160,7 +161,7 @@ def test_clear_after_exactly_n_normals() -> None:
 
 
 def test_anomaly_in_between_resets_normal_count() -> None:
-    m = mgr(clear_after=3)
+    m = mgr(clear_after=3, ack_required=[])
     m.observe(reading(150.0), anomaly(zf()), T0)
     m.observe(reading(), NORMAL, T0 + 1)
     m.observe(reading(), NORMAL, T0 + 2)
@@ -171,7 +172,7 @@ def test_anomaly_in_between_resets_normal_count() -> None:
 
 
 def test_other_kind_finding_counts_as_normal_for_this_kind() -> None:
-    m = mgr(clear_after=2)
+    m = mgr(clear_after=2, ack_required=[])
     (h,) = m.observe(reading(90.0), anomaly(hf()), T0)
     out = m.observe(reading(10.0), anomaly(lf()), T0 + 1)
     assert [(x.kind, x.state) for x in out] == [(THRESHOLD_LOW, "raised")]
@@ -203,7 +204,7 @@ def test_acknowledge_flow() -> None:
 
 
 def test_offline_and_online() -> None:
-    m = mgr(clear_after=1)
+    m = mgr(clear_after=1, ack_required=[])
     m.seen("device-001", T0_NS)
     out = m.offline("device-001", "line-1", T0 + 30.4, T0_NS)
     assert len(out) == 1

@@ -20,7 +20,7 @@ from gateway.core.detectors import (
     ZScore,
     out_of_range,
 )
-from gateway.core.model import THRESHOLD_HIGH, THRESHOLD_LOW, TREND, ZSCORE, Reading
+from gateway.core.model import THRESHOLD_HIGH, THRESHOLD_LOW, TREND, ZSCORE, AlarmPolicy, Reading
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC
@@ -261,8 +261,11 @@ def test_rule_globs_and_later_rule_overrides_keys_it_sets():
             Rule(equipment="device-00[1-3]", sensor="pressure", max=500.0, min=0.0),
         ]
     )
-    assert rules.resolve("oven-1", "temperature", "line-1") == ResolvedRule(high=250.0, low=15.0)
-    assert rules.resolve("press-1", "temperature", "line-2") == ResolvedRule(high=85.0, low=20.0)
+    # the default deadband is 1 % of the span between the limits (250 - 15, 85 - 20)
+    oven = ResolvedRule(high=250.0, low=15.0, policy=AlarmPolicy(deadband=2.35))
+    assert rules.resolve("oven-1", "temperature", "line-1") == oven
+    press = ResolvedRule(high=85.0, low=20.0, policy=AlarmPolicy(deadband=0.65))
+    assert rules.resolve("press-1", "temperature", "line-2") == press
     assert rules.resolve("press-1", "Temperature", "line-1") is NO_RULE  # case-sensitive
     assert rules.resolve("device-002", "pressure", "") == ResolvedRule(min=0.0, max=500.0)
     assert rules.resolve("device-004", "pressure", "") is NO_RULE

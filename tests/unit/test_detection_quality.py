@@ -184,7 +184,10 @@ def test_alert_manager_keeps_one_episode_alert_per_equipment() -> None:
     [e] = am.episode("pump-1", "l1", ("escalate", DRIFT, "high", "p", 1.0, "worse", T0), 102.0)
     assert (e.id, e.state, e.severity) == (a.id, "escalated", "high")
     [c] = am.episode("pump-1", "l1", ("clear", DRIFT, "medium", "flow", 9.0, "back", T0), 103.0)
-    assert (c.id, c.state) == (a.id, "cleared") and am.active_count == 0
+    # high priority latches: returned until acknowledged, then cleared
+    assert (c.id, c.state) == (a.id, "returned") and am.active_count == 1
+    [k] = am.acknowledge(a.id, "op", 104.0)
+    assert (k.id, k.state) == (a.id, "cleared") and am.active_count == 0
 
 
 # ------------------------------------------------------------------ snapshots

@@ -123,6 +123,7 @@ class Detectors:
         "_equipment",
         "_held_below",
         "_med",
+        "_per_equipment",
         "_series",
         "_suppress",
         "_thr",
@@ -145,6 +146,7 @@ class Detectors:
         self._confirm = cfg.zscore_confirm_sigma if cfg.equipment.enabled else 0.0
         self._series: dict[tuple[str, str], _Series] = {}
         self._equipment: dict[str, EquipmentShift] = {}
+        self._per_equipment: dict[str, int] = {}  # series per equipment
         # (equipment, line, Episode) transitions of equipment episodes, for the alerts
         self.episodes: list[tuple[str, str, Episode]] = []
         # z-score alerts not published: shorter than zscore_alert_after (on_delay) or
@@ -166,9 +168,41 @@ class Detectors:
         ep = self._equipment.get(equipment)
         return ep is not None and ep.active
 
+    def series_keys(self) -> list[tuple[str, str]]:
+        return list(self._series)
+
     def forget(self, key: tuple[str, str]) -> bool:
-        """Drop the state of series (equipment, sensor); True if it existed."""
-        return self._series.pop(key, None) is not None
+        """Drop the state of series (equipment, sensor); True if it existed.
+
+        Its sensor leaves the equipment's episode detector; the detector itself goes with
+        the equipment's last series, unless an episode is active (its alert ends with the
+        equipment: `forget_equipment`).
+        """
+        st = self._series.pop(key, None)
+        if st is None:
+            return False
+        eq = key[0]
+        counts = self._per_equipment
+        n = counts.get(eq, 1) - 1
+        if n > 0:
+            counts[eq] = n
+        else:
+            counts.pop(eq, None)
+        ep = st.ep
+        if ep is not None:
+            ep.drop(key[1])
+            if n <= 0 and not ep.active and self._equipment.get(eq) is ep:
+                del self._equipment[eq]
+        return True
+
+    def forget_equipment(self, equipment: str) -> int:
+        """Drop every series of `equipment` and its episode detector; how many series."""
+        keys = [k for k in self._series if k[0] == equipment]
+        for k in keys:
+            del self._series[k]
+        self._per_equipment.pop(equipment, None)
+        self._equipment.pop(equipment, None)
+        return len(keys)
 
     def drain_episodes(self) -> list[tuple[str, str, Episode]]:
         out, self.episodes = self.episodes, []
@@ -203,6 +237,8 @@ class Detectors:
         warm = c.equipment.warmup if ep is not None else c.window
         shift = LevelShift(d.delta, d.clock, d.gate_sigma, warm) if d.enabled else None
         st = self._series[key] = _Series(zs, rule, line, trend, shift, ep)
+        counts = self._per_equipment
+        counts[key[0]] = counts.get(key[0], 0) + 1
         return st
 
     def score(self, r: Reading) -> Score:
@@ -430,6 +466,10 @@ class Detectors:
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a detector snapshot: {e}") from None
         self._series.update(loaded)
+        counts: dict[str, int] = {}
+        for eq, _ in self._series:
+            counts[eq] = counts.get(eq, 0) + 1
+        self._per_equipment = counts
         return len(loaded)
 
 

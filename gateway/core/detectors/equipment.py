@@ -134,6 +134,11 @@ class EquipmentShift:
         self.t_settle = 0.0  # since when no sensor's level moved (during an episode, s)
         self.cause = ""  # the sensor that started the episode
 
+    def drop(self, sensor: str) -> None:
+        """Forget one sensor (its series expired)."""
+        if self._refs.pop(sensor, None) is not None and sensor == self._top:
+            self._retop()
+
     def std_of(self, sensor: str) -> float:
         """The sensor's reference std once warm, else infinity (for the drift gate)."""
         r = self._refs.get(sensor)

@@ -6,11 +6,24 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.config import Rule
-from gateway.core.model import THRESHOLD_HIGH, THRESHOLD_LOW, Finding
+from gateway.core.model import DEFAULT_POLICY, THRESHOLD_HIGH, THRESHOLD_LOW, AlarmPolicy, Finding
 
 _LIMITS = ("high", "low", "critical_high", "critical_low", "min", "max", "max_slope_per_min")
+# alarm-management keys (gateway.core.alerts): merged like the limits, into `policy`
+_POLICY = (
+    "deadband",
+    "on_delay_s",
+    "off_delay_s",
+    "priority",
+    "cause",
+    "consequence",
+    "action",
+    "response_time_s",
+)
+DEADBAND_FRACTION = 0.01  # default deadband: 1 % of the span between the limits
 
 
 @dataclass(slots=True, frozen=True)
@@ -24,9 +37,32 @@ class ResolvedRule:
     min: float | None = None
     max: float | None = None
     max_slope_per_min: float | None = None
+    policy: AlarmPolicy = DEFAULT_POLICY
 
 
 NO_RULE = ResolvedRule()
+
+
+def _policy(merged: dict[str, Any], keys: dict[str, Any]) -> AlarmPolicy:
+    """The alarm policy of a merged rule; the deadband defaults to 1 % of its span
+    (high - low, or the limit's own magnitude when one side is missing)."""
+    deadband = keys.get("deadband")
+    if deadband is None:
+        hi = [merged[k] for k in ("critical_high", "high") if k in merged]
+        lo = [merged[k] for k in ("critical_low", "low") if k in merged]
+        one_side = max((abs(v) for v in hi + lo), default=0.0)
+        span = min(hi) - max(lo) if hi and lo else one_side
+        deadband = DEADBAND_FRACTION * span
+    return AlarmPolicy(
+        deadband=float(deadband),
+        on_delay_s=float(keys.get("on_delay_s") or 0.0),
+        off_delay_s=float(keys.get("off_delay_s") or 0.0),
+        priority=keys.get("priority"),
+        cause=keys.get("cause"),
+        consequence=keys.get("consequence"),
+        action=keys.get("action"),
+        response_time_s=keys.get("response_time_s"),
+    )
 
 
 def out_of_range(rule: ResolvedRule, value: float) -> bool:
@@ -64,6 +100,7 @@ class RuleSet:
                 _glob(r.sensor),
                 _glob(r.line),
                 {k: float(getattr(r, k)) for k in _LIMITS if getattr(r, k) is not None},
+                {k: getattr(r, k) for k in _POLICY if getattr(r, k) is not None},
             )
             for r in rules
         ]
@@ -81,14 +118,16 @@ class RuleSet:
         if hit is not None:
             return hit
         merged: dict[str, float] = {}
-        for eq, se, li, limits in self._rules:
+        keys: dict[str, Any] = {}
+        for eq, se, li, limits, policy in self._rules:
             if (
                 (eq is None or eq(equipment))
                 and (se is None or se(sensor))
                 and (li is None or li(line))
             ):
                 merged.update(limits)
-        res = ResolvedRule(**merged) if merged else NO_RULE
+                keys.update(policy)
+        res = ResolvedRule(**merged, policy=_policy(merged, keys)) if merged or keys else NO_RULE
         if len(self._cache) >= self.cache_size:
             self._cache.clear()
         self._cache[key] = res

@@ -27,7 +27,7 @@ from gateway.core.model import (
     Reject,
 )
 from gateway.core.normalize.names import kind, name_problem, short, unit_problem
-from gateway.core.series import RecentKeys, SeriesRegistry
+from gateway.core.series import CachePruner, RecentKeys, SeriesRegistry
 from gateway.core.timestamps import TimestampRangeError, parse_ts
 
 Bounds = Callable[[str, str, str], tuple[float | None, float | None]]
@@ -48,12 +48,13 @@ class ItemChecks:
     def __init__(self, cfg: ValidationConfig, bounds: Bounds | None, source: str) -> None:
         self.cfg = cfg
         self.source = source
-        self.series = SeriesRegistry(cfg.max_series)
+        self.series = SeriesRegistry(cfg.max_series, cfg.series_idle_s)
         self.recent = RecentKeys(cfg.dedup_window)
         self.internal_errors = 0  # exceptions the safety net turned into rejects
         self._bounds = bounds
         self._bounds_cache: dict[tuple[str, str, str], tuple[float | None, float | None]] = {}
         self._bounds_max = max(ROUTE_CACHE_MAX, 2 * cfg.max_series)
+        self._bounds_pruner = CachePruner()
         self._max_batch = cfg.max_batch_items
         self._future_ns = int(cfg.max_future_s * 1e9)
         self._age_ns = int(cfg.max_age_s * 1e9)
@@ -65,6 +66,10 @@ class ItemChecks:
         self._now = 0
         self._nowt: When = (0, "", "")
         self._received = 0.0
+
+    def prune_caches(self, budget: int) -> int:
+        """Drop up to `budget` looked-at cache entries of series no longer registered."""
+        return self._bounds_pruner.step(self._bounds_cache, self.series.view(), budget)
 
     def invalidate_bounds(self) -> None:
         """Forget cached physical bounds (after a rules reload)."""
@@ -182,15 +187,19 @@ class ItemChecks:
                 return self._reject(
                     rej, OUT_OF_RANGE, f"value {fv:g} outside physical bounds [{lo}, {hi}]", i, key
                 )
-        if not self.series.admit(eq, sn):
-            return self._reject(
-                rej, SERIES_LIMIT, f"new series {eq}/{sn} exceeds max_series", i, key
-            )
-        if dedup:
+        if dedup:  # admit records the receive time: the series' idleness counts from it
+            if not self.series.admit(eq, sn, self._now):
+                return self._reject(
+                    rej, SERIES_LIMIT, f"new series {eq}/{sn} exceeds max_series", i, key
+                )
             if self.recent.seen_before((eq, sn, tns)):
                 return self._reject(rej, DUPLICATE, f"{eq}/{sn} at ts {tns} seen before", i, key)
         else:  # receive time: unique within the series, or InfluxDB keeps only the last
             tns = self.series.stamp(eq, sn, tns)
+            if tns < 0:
+                return self._reject(
+                    rej, SERIES_LIMIT, f"new series {eq}/{sn} exceeds max_series", i, key
+                )
         out.append(Reading(eq, sn, fv, tns, unit, tags, self.source, self._received))
 
     def _lookup_bounds(

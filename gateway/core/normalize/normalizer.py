@@ -18,18 +18,21 @@ from gateway.core.normalize.checks import ROUTE_CACHE_MAX, Bounds
 from gateway.core.normalize.fields_format import FieldsFormat
 from gateway.core.normalize.json_format import JsonFormat
 from gateway.core.normalize.names import name_problem
+from gateway.core.normalize.sparkplug_format import SparkplugFormat
+from gateway.core.series import CachePruner
 
 REJECT_PAYLOAD_MAX: Final = 1024
 REJECT_TOPIC_MAX: Final = 1024
 
 # A route: what a topic means. (reason, detail) are set when the topic is unusable.
-Route = tuple[str, str, bool, str, "str | None", "str | None", dict[str, str]]
+# `fields` is None for format "sparkplug" (protobuf, decoded by its own module).
+Route = tuple[str, str, "bool | None", str, "str | None", "str | None", dict[str, str]]
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 
-class Normalizer(JsonFormat, FieldsFormat):
+class Normalizer(JsonFormat, FieldsFormat, SparkplugFormat):
     """Turns `RawMessage`s into readings for one source's subscriptions.
 
     `bounds(equipment, sensor, line) -> (min, max)` gives physical bounds
@@ -49,6 +52,7 @@ class Normalizer(JsonFormat, FieldsFormat):
         self._single = len(self._subs) == 1
         self._max_payload = cfg.max_payload_bytes
         self._routes: dict[object, Route] = {}
+        self._routes_pruner = CachePruner(value_at=(4, 5))  # a route's (eq, sn)
 
     def normalize(self, msg: RawMessage) -> tuple[list[Reading], list[Reject]]:
         """Readings and rejects for one raw message; never raises."""
@@ -93,6 +97,10 @@ class Normalizer(JsonFormat, FieldsFormat):
         if why:
             self._reject(rej, why, detail, -1)
             return out, rej
+        if fields is None:  # format "sparkplug"
+            self._sp_unit = unit
+            self._sparkplug(out, rej, msg)
+            return out, rej
         if not payload:
             self._reject(rej, MALFORMED, "payload is empty", -1)
             return out, rej
@@ -110,6 +118,13 @@ class Normalizer(JsonFormat, FieldsFormat):
             self._json_payload(out, rej, data, eq, sn, tags, unit)
         return out, rej
 
+    def prune_caches(self, budget: int) -> int:
+        """Drop cached routes and bounds of series no longer registered, `budget` looked at
+        per cache (`CachePruner`); routes of topics that name no sensor (or no equipment,
+        or that are unusable) are kept."""
+        n = self._routes_pruner.step(self._routes, self.series.view(), budget)
+        return n + super().prune_caches(budget)
+
     def _route(self, idx: int, topic: str) -> Route:
         subs = self._subs
         n = len(subs)
@@ -121,6 +136,8 @@ class Normalizer(JsonFormat, FieldsFormat):
                 continue
             if fmt == "event":
                 return (MALFORMED, "event format not handled here", False, "", None, None, {})
+            if fmt == "sparkplug":  # the topic's levels are read by the format itself
+                return ("", "", None, unit, None, None, {})
             eq = m.pop("equipment", None)
             sn = m.pop("sensor", None)
             for name, v in (("equipment", eq), ("sensor", sn), *m.items()):
