@@ -78,6 +78,7 @@ from typing import Any
 
 import orjson
 
+from adapters.mqtt.fastpath import varlen
 from simulator.payload import load_series
 from tests.harness import GatewayProcess, MqttProbe
 from tests.servers import Mosquitto, VictoriaMetrics, http_request
@@ -180,17 +181,6 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------ raw MQTT load generator
 
 
-def mqtt_varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        if n:
-            out.append(b | 128)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -207,7 +197,7 @@ def _mqtt_connect(host: str, port: int, client_id: str) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     cid = client_id.encode()
     body = b"\x00\x04MQTT\x04\x02\x00\x00" + struct.pack("!H", len(cid)) + cid
-    sock.sendall(b"\x10" + mqtt_varlen(len(body)) + body)
+    sock.sendall(b"\x10" + varlen(len(body)) + body)
     ack = _recv_exact(sock, 4)
     if ack[0] != 0x20 or ack[3] != 0:
         raise ConnectionError(f"CONNACK refused: {ack!r}")
@@ -285,7 +275,7 @@ def generate(cfg: dict[str, Any]) -> dict[str, Any]:
                 )
             mid = msgs % 65535 + 1
             tp = topics[s]
-            out.append(b"\x32" + mqtt_varlen(len(tp) + 2 + len(payload)))
+            out.append(b"\x32" + varlen(len(tp) + 2 + len(payload)))
             out.append(tp)
             out.append(mid.to_bytes(2, "big"))
             out.append(payload)

@@ -327,7 +327,7 @@ class Outbox:
             if rl < 128:
                 add(bytes((cmd, rl)))
             else:
-                add(bytes((cmd,)) + _varlen(rl))
+                add(bytes((cmd,)) + varlen(rl))
             add(head)
             add(payload)
         paho._last_mid = mid
@@ -350,7 +350,8 @@ class Outbox:
             paho._packet_queue(PUBLISH, data[sent:] if sent else data, 0, 1)
 
 
-def _varlen(n: int) -> bytes:
+def varlen(n: int) -> bytes:
+    """MQTT's variable-length integer (the remaining length of a packet)."""
     out = bytearray()
     while True:
         n, b = divmod(n, 128)

@@ -174,13 +174,20 @@ class Annunciator:
             self._release_equipment(a.equipment)  # its other alerts were by design
         return None
 
-    def _reason(self, a: Alert, key: Key, raising: bool) -> str | None:
+    def _held(self, a: Alert, key: Key) -> str | None:
+        """Held by an operator (shelved, out of service) or by design (offline)?"""
         if key in self._shelves:
             return SHELVED
         if a.equipment in self._oos:
             return OOS
         if a.kind != OFFLINE and a.equipment in self._offline:
             return BY_DESIGN
+        return None
+
+    def _reason(self, a: Alert, key: Key, raising: bool) -> str | None:
+        held = self._held(a, key)
+        if held is not None:
+            return held
         cfg = self.cfg
         if raising and a.state == RAISED:
             times = self._raises.get(key)
@@ -284,15 +291,10 @@ class Annunciator:
 
     def _reason_now(self, a: Alert, key: Key) -> str | None:
         """Would this point be held now (without counting a new raise)?"""
-        if key in self._shelves:
-            return SHELVED
-        if a.equipment in self._oos:
-            return OOS
-        if a.kind != OFFLINE and a.equipment in self._offline:
-            return BY_DESIGN
-        if key in self._chattering:
+        held = self._held(a, key)
+        if held is None and key in self._chattering:
             return CHATTER
-        return None
+        return held
 
     def _release_equipment(self, equipment: str, offline_too: bool = False) -> None:
         keys = dict.fromkeys(a.key() for a in self.alerts.of_equipment(equipment))

@@ -18,7 +18,6 @@ import pytest
 
 from adapters.base import BrokerLink
 from adapters.mqtt import MqttLink
-from adapters.mqtt.fastpath import BufferedSocket
 from gateway.config import MqttConfig
 from gateway.daemon.publish import Publisher
 from tests.harness import MqttProbe, uid
@@ -285,31 +284,3 @@ async def test_a_link_without_a_batch_path_gets_one_awaited_publish_each() -> No
     assert link.sent[0] == ("t/urgent", b"!")
     assert [p for t, p in link.sent if t == "t/a"] == [str(i).encode() for i in range(10)]
     assert pub.published == 11 and pub.backlog == 0
-
-
-def test_pubacks_are_taken_from_the_read_buffer_when_they_are_the_outboxs() -> None:
-    """Its own PUBACKs are matched by packet id in the buffer; any other is left to paho."""
-    mine: dict[int, str] = {5: "a", 6: "b"}
-    taken: list[str] = []
-
-    def puback(mid: int) -> bool:
-        if mid in mine:
-            taken.append(mine.pop(mid))
-            return True
-        return False
-
-    class Sock:
-        chunks = [bytes([0x40, 2, 0, 5, 0x40, 2, 0, 6, 0x40, 2, 0, 9, 0x40, 2])]
-
-        def recv_into(self, buf: bytearray) -> int:
-            if not self.chunks:
-                raise BlockingIOError
-            data = self.chunks.pop(0)
-            buf[: len(data)] = data
-            return len(data)
-
-    sock = BufferedSocket(Sock())
-    sock.puback = puback
-    assert sock.take_publishes(lambda *a: None, 100) == 2
-    assert taken == ["a", "b"]
-    assert sock.pending() == 6  # paho reads the PUBACK of id 9, and the cut one

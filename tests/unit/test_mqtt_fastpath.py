@@ -9,7 +9,7 @@ import pytest
 
 from adapters.mqtt import fastpath
 from adapters.mqtt.fastpath import BufferedSocket, Inbox
-from tests.bench import mqtt_varlen
+from adapters.mqtt.fastpath import varlen as mqtt_varlen
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
@@ -111,3 +111,21 @@ def test_inbox_messages_of_one_read_share_its_receive_time() -> None:
     a, b = inbox.messages
     assert a.received == b.received and a.received_ns == b.received_ns
     assert (a.subscription, a.conn, b.qos) == (2, "c", 0)
+
+
+def test_pubacks_are_taken_from_the_read_buffer_when_they_are_the_outboxs() -> None:
+    """Its own PUBACKs are matched by packet id in the buffer; any other is left to paho."""
+    mine: dict[int, str] = {5: "a", 6: "b"}
+    taken: list[str] = []
+
+    def puback(mid: int) -> bool:
+        if mid in mine:
+            taken.append(mine.pop(mid))
+            return True
+        return False
+
+    sock = BufferedSocket(FakeSocket(bytes([0x40, 2, 0, 5, 0x40, 2, 0, 6, 0x40, 2, 0, 9, 0x40, 2])))
+    sock.puback = puback
+    assert sock.take_publishes(lambda *a: None, 100) == 2
+    assert taken == ["a", "b"]
+    assert sock.pending() == 6  # paho reads the PUBACK of id 9, and the cut one
