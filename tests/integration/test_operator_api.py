@@ -60,7 +60,7 @@ def raise_alert(p: MqttProbe, eq: str, value: float = 99.0) -> dict[str, Any]:
 def test_alert_commands_over_http(spawn: Gateways, mosquitto: Mosquitto) -> None:
     gw = spawn(GW_TOML)
     eq = uid("op-cmd")
-    with MqttProbe(mosquitto.port, [f"alerts/events/{eq}/#", "alerts/shelved/#"]) as p:
+    with MqttProbe(mosquitto.port, [f"alerts/events/{eq}/#", f"alerts/shelved/{eq}/#"]) as p:
         ev = raise_alert(p, eq)
         aid = ev["id"]
         ack = f"/api/alerts/{aid}/ack"
@@ -106,7 +106,9 @@ def test_alert_commands_over_http(spawn: Gateways, mosquitto: Mosquitto) -> None
             gw, shelve, {"by": "op", "reason": "sensor swap", "duration_s": 600}, AUTH
         )
         assert status == 200
-        shelf = p.wait_for(lambda m: m.topic.startswith("alerts/shelved/") and bool(m.payload))
+        # (other tests' shelves stay retained on the session broker: only this one's)
+        mine = f"alerts/shelved/{eq}/"
+        shelf = p.wait_for(lambda m: m.topic.startswith(mine) and bool(m.payload))
         assert json.loads(shelf[-1].payload)["reason"] == "sensor swap"
         status, listed = call(gw, f"/api/alerts?equipment={eq}")
         assert status == 200 and listed[0]["shelved"] is True
