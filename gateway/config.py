@@ -356,7 +356,7 @@ class HttpConfig(_Section):
     api_token: SecretStr = SecretStr("")
     api_token_file: str | None = None
     # recent readings kept in memory per series for the page's charts (0: none)
-    series_points: int = Field(default=120, ge=0, le=10_000)
+    series_points: int = Field(default=60, ge=0, le=10_000)
     max_stream_clients: int = Field(default=32, ge=1, le=10_000)
 
     _port = field_validator("port")(_port)
