@@ -50,10 +50,15 @@ from gateway.core.model import (
     SEVERITY_RANK,
     THRESHOLD_HIGH,
     THRESHOLD_LOW,
+    TREND,
     AlarmPolicy,
     Reading,
     Score,
 )
+
+# the kinds a rule's limits raise: its on/off-delays and deadband apply to them (the
+# statistical detectors have gates of their own)
+RULE_KINDS: Final = frozenset({THRESHOLD_HIGH, THRESHOLD_LOW, TREND})
 
 # (equipment, sensor, line) -> the series' alarm policy (`RuleSet.resolve(...).policy`)
 PolicyFor = Callable[[str, str, str], AlarmPolicy]
@@ -264,7 +269,7 @@ class AlertManager:
             if a is None:
                 policy = self._policy(r.equipment, r.sensor, r.line)
                 first = r.ts
-                if policy.on_delay_s > 0.0:
+                if policy.on_delay_s > 0.0 and f.kind in RULE_KINDS:
                     waiting = self._pending.setdefault(r.equipment, {})
                     first = waiting.setdefault((r.sensor, f.kind), r.ts)
                     if r.ts - first < policy.on_delay_s * 1e9:
@@ -324,7 +329,7 @@ class AlertManager:
                 out.append(a.copy())
         if self._pending and r.equipment in self._pending:
             self._pending_normal(r, seen_kinds)
-        if kinds is not None and len(kinds) > len(seen_kinds):  # other kinds: count normal
+        if kinds is not None and any(k not in seen_kinds for k in kinds):  # others: normal
             out.extend(self._count_normal(r, score, kinds, seen_kinds, now))
         return out
 
@@ -380,6 +385,7 @@ class AlertManager:
                 self._normal_since[a.id] = r.ts
             if n >= clear_after and (
                 policy.off_delay_s <= 0.0
+                or kind not in RULE_KINDS
                 or r.ts - self._normal_since.get(a.id, r.ts) >= policy.off_delay_s * 1e9
             ):
                 done.append(a)

@@ -334,3 +334,11 @@ def test_realarm_is_flagged_once() -> None:
     (e,) = am.tick(T0 + 61)
     assert e.state == "escalated" and e.to_event()["realarm"] is True
     assert am.tick(T0 + 200) == []
+
+
+def test_a_pending_on_delay_does_not_stop_other_kinds_counting_normal() -> None:
+    am, _ = mgr([Rule(sensor="temp", high=85.0, on_delay_s=60)], clear_after=1, ack_required=[])
+    (z,) = am.observe(reading(4, 0), low_z(4), T0)  # a z-score alert, no on-delay of its own
+    # a threshold breach waiting out its on-delay: the z-score part of the reading is normal
+    (c,) = am.observe(reading(90, 1), high(90), T0)
+    assert (c.id, c.state) == (z.id, "cleared")
