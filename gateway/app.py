@@ -44,11 +44,18 @@ def build(
         if state is not None:
             state.link_state(up)
 
+    def on_server(server: str) -> None:  # the link moved to another broker node
+        for node in link.nodes:
+            m.mqtt_server.labels(server=node).set(1 if node == server else 0)
+
     link = MqttLink(
         settings.mqtt,
         command_topics=(*commands, f"gateway/{settings.mqtt.client_id}/forget"),
         on_state=on_state,
+        on_server=on_server,
     )
+    for node in link.nodes:
+        m.mqtt_server.labels(server=node).set(0)
     sources = []
     if settings.opcua.servers:
         from adapters.opcua.source import sources as opcua_sources

@@ -12,7 +12,7 @@ import sys
 
 import orjson
 
-from gateway.config import ConfigError, Settings, dump_settings, load_settings
+from gateway.config import ConfigError, Settings, dump_settings, load_settings, shard_settings
 
 log = logging.getLogger("edge.cli")
 
@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--config", "-c", help="TOML config file (default: $EDGE_CONFIG)")
+    sub.choices["run"].add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run shard K (0-based) of N from one config: own client id, spool dir, "
+        "HTTP port + K, subscriptions i with i mod N == K (docs/scale-out.md)",
+    )
+    sub.choices["check-config"].add_argument("--shard", metavar="K/N", help="as for run")
     sub.choices["demo"].add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)"
     )
@@ -94,6 +101,12 @@ async def _run(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _load(args.config)
+    if getattr(args, "shard", None):
+        try:
+            settings = shard_settings(settings, args.shard)
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            return 2
     if args.command == "check-config":
         sys.stdout.write(orjson.dumps(dump_settings(settings), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")

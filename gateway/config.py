@@ -76,9 +76,21 @@ class Subscription(_Section):
         return TopicTemplate(self.topic, self.template)
 
 
+def _server(entry: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port); ValueError worded for the user."""
+    host, sep, port = entry.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'entries must be "host:port" with port 1-65535, got {entry!r}')
+    return host, int(port)
+
+
 class MqttConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 1883
+    # The nodes of one broker cluster, tried in order (docs/scale-out.md); when set,
+    # host/port are not used. TLS and credentials apply to every node.
+    servers: list[str] = Field(default_factory=list)
     client_id: str = "edge-gateway-1"
     username: str | None = None
     password: SecretStr | None = None
@@ -92,10 +104,28 @@ class MqttConfig(_Section):
     clean_session: bool = False
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # a node that accepts TCP but does not answer CONNECT/SUBSCRIBE (a cluster node
+    # electing a new session-store leader) is given up on after this long
+    connect_timeout_s: float = Field(default=10.0, gt=0)
     deadletter_per_s: float = Field(default=10.0, ge=0)
     subscriptions: list[Subscription] = Field(default_factory=lambda: [Subscription()])
 
     _port = field_validator("port")(_port)
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        seen: set[tuple[str, int]] = set()
+        for entry in v:
+            node = _server(entry)
+            if node in seen:
+                raise ValueError(f"lists {entry!r} twice")
+            seen.add(node)
+        return v
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """The broker nodes to try, in order: `servers`, else `host`:`port`."""
+        return [_server(e) for e in self.servers] or [(self.host, self.port)]
 
     @field_validator("client_id")
     @classmethod
@@ -579,6 +609,45 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         first = _describe(dict(errors[0]))
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"config: {first}{more}") from None
+
+
+def shard_settings(settings: Settings, spec: str) -> Settings:
+    """`edge-gateway run --shard K/N`: shard K (0-based) of N, from one base config.
+
+    A shard gets client id ``{client_id}-shard{K}``, spool (and so state and history)
+    directory ``{dir}/shard-{K}``, HTTP port ``port + K``, and of the lists that name
+    inputs only its own part: ``[[mqtt.subscriptions]]`` and ``[[opcua.servers]]``
+    entry ``i`` (0-based) belongs to shard ``i mod N``. So list one subscription per
+    line (``plant/line-a/+/+``, ...) and every series has exactly one owner
+    (docs/scale-out.md). Raises `ConfigError` for a bad spec or a shard left with
+    no subscription.
+    """
+    k_s, sep, n_s = spec.partition("/")
+    if not (sep and k_s.isdigit() and n_s.isdigit() and int(k_s) < int(n_s)):
+        raise ConfigError(f"config: --shard must be K/N with 0 <= K < N, got {spec!r}")
+    k, n = int(k_s), int(n_s)
+    mqtt, http = settings.mqtt, settings.http
+    subs = [x for i, x in enumerate(mqtt.subscriptions) if i % n == k]
+    if not subs:
+        raise ConfigError(
+            f"config: --shard {spec} has no [[mqtt.subscriptions]] of its own "
+            f"({len(mqtt.subscriptions)} listed; entry i belongs to shard i mod {n})"
+        )
+    if http.port + k > 65535:
+        raise ConfigError(f"config: --shard {spec}: [http] port {http.port} + {k} > 65535")
+    opcua = [x for i, x in enumerate(settings.opcua.servers) if i % n == k]
+    return settings.model_copy(
+        update={
+            "mqtt": mqtt.model_copy(
+                update={"client_id": f"{mqtt.client_id}-shard{k}", "subscriptions": subs}
+            ),
+            "opcua": settings.opcua.model_copy(update={"servers": opcua}),
+            "spool": settings.spool.model_copy(
+                update={"dir": str(Path(settings.spool.dir) / f"shard-{k}")}
+            ),
+            "http": http.model_copy(update={"port": http.port + k}),
+        }
+    )
 
 
 def dump_settings(settings: Settings) -> dict[str, Any]:

@@ -139,7 +139,9 @@ class GatewayProcess:
         start: bool = True,
         ready_timeout: float = READY_TIMEOUT_S,
         influx: Mapping[str, Any] | None = None,
+        args: Iterable[str] = (),
     ) -> None:
+        self.args = list(args)  # after `run --config FILE`, e.g. ["--shard", "1/2"]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client_id = client_id or f"gw-test-{uuid.uuid4().hex[:10]}"
@@ -183,6 +185,7 @@ class GatewayProcess:
         if self.running:
             return self
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)]
+        argv += self.args
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,

@@ -517,6 +517,142 @@ bind-address = "{self.host}:{self.rpc_port}"
         return [dict(zip(cols, row, strict=True)) for row in series[0]["values"]]
 
 
+class NatsNode(_Server):
+    """One node of a `NatsCluster`: nats-server with JetStream and its MQTT listener.
+
+    ``port`` is the MQTT listener (what a gateway connects to); the client, route and
+    monitoring ports are its own too. Ready when the MQTT port accepts connections;
+    the cluster waits for JetStream on top of that.
+    """
+
+    binary = "nats-server"
+    start_timeout = 20.0
+
+    def __init__(self, name: str, cluster: NatsCluster) -> None:
+        super().__init__(cluster.dir / name)
+        self.name = name
+        self.cluster = cluster
+        self.client_port = free_port()
+        self.route_port = free_port()
+        self.http_port = free_port()
+        self.conf_path = self.dir / "nats.conf"
+
+    @property
+    def server(self) -> str:
+        """``host:port`` of the MQTT listener, as in ``[mqtt] servers``."""
+        return f"{self.host}:{self.port}"
+
+    def _port_taken_by_other(self) -> bool:
+        return False  # a cluster's ports are fixed in its peers' route lists
+
+    def _prepare(self) -> None:
+        routes = ", ".join(
+            f'"nats-route://{n.host}:{n.route_port}"' for n in self.cluster.nodes if n is not self
+        )
+        store = self.dir / "js"
+        self.conf_path.write_text(
+            f"""server_name: {self.name}
+listen: {self.host}:{self.client_port}
+http: {self.host}:{self.http_port}
+jetstream {{ store_dir: "{store}" }}
+cluster {{
+  name: {self.cluster.name}
+  listen: {self.host}:{self.route_port}
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: {self.host}:{self.port}
+  stream_replicas: {len(self.cluster.nodes)}
+}}
+"""
+        )
+
+    def _argv(self) -> list[str]:
+        return [self.exe, "-c", str(self.conf_path)]
+
+    def _ready(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def healthy(self) -> bool:
+        """True when an MQTT 3.1.1 CONNECT with a persistent session is accepted.
+
+        NATS keeps MQTT sessions in replicated JetStream streams, so this is true only
+        once the cluster has a JetStream leader and the MQTT streams exist.
+        """
+        cid = f"edge-probe-{self.name}".encode()
+        body = b"\x00\x04MQTT\x04\x00\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+        try:
+            with socket.create_connection((self.host, self.port), timeout=5) as sock:
+                sock.settimeout(5)
+                sock.sendall(bytes([0x10, len(body)]) + body)
+                ack = sock.recv(4)
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError:
+            return False
+        return ack[:2] == b"\x20\x02" and ack[3:4] == b"\x00"
+
+
+class NatsCluster:
+    """A private N-node NATS cluster (nats-server 2.9) on loopback, each node with
+    JetStream and an MQTT listener with ``stream_replicas: N``: a real clustered MQTT
+    broker whose QoS 1 persistent sessions survive the loss of a node.
+
+    ``start()`` starts every node and waits until each answers ``/healthz``; ``kill(i)``
+    SIGKILLs node ``i``; ``stop()`` stops them all and ``close()`` removes the dirs.
+    Never touches a system NATS (4222): every port is a free one of its own.
+    """
+
+    binary = NatsNode.binary
+
+    def __init__(self, size: int = 3, *, name: str = "edge-test") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="edge-test-nats-"))
+        self.name = name
+        self.nodes: list[NatsNode] = []
+        self.nodes.extend(NatsNode(f"n{i + 1}", self) for i in range(size))
+
+    @property
+    def servers(self) -> list[str]:
+        """``host:port`` of every node's MQTT listener, in node order."""
+        return [n.server for n in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        for n in self.nodes:  # each waits for its own MQTT port only
+            n.start()
+        deadline = time.monotonic() + timeout
+        while not all(n.healthy() for n in self.nodes if n.running):
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n.name}\n{n.log_tail(10)}" for n in self.nodes)
+                self.stop()
+                raise ServerError(f"NATS cluster not healthy after {timeout:.0f}s:\n{tails}")
+            time.sleep(0.1)
+        return self
+
+    def node_of(self, server: str) -> NatsNode:
+        return next(n for n in self.nodes if n.server == server)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i``: no goodbye to its clients or peers."""
+        self.nodes[i].kill()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def close(self) -> None:
+        self.stop()
+        if not os.environ.get("EDGE_KEEP_SERVER_DIRS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<NatsCluster {', '.join(self.servers)}>"
+
+
 @atexit.register
 def _stop_all() -> None:
     # Safety net for servers never closed (crashed test run, forgotten close()).

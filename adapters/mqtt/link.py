@@ -5,6 +5,12 @@ hands raw messages to the pipeline in batches. Outbound it publishes alerts,
 status and dead letters for the pipeline's publisher task. It reconnects
 with capped exponential backoff and resubscribes; the gateway's own status
 topic is retained `online`, with a retained Last Will `offline`.
+
+With `[mqtt] servers` (the nodes of one broker cluster) the nodes are tried in
+order at start, and a failed connect or a lost connection moves on to the next
+node, round-robin, with the same backoff, client id and persistent session
+(docs/scale-out.md). `on_server("host:port")` is called on every connect to a
+node other than the previous one.
 """
 
 from __future__ import annotations
@@ -57,11 +63,18 @@ class MqttLink:
         *,
         command_topics: tuple[str, ...] = (),
         on_state: OnState | None = None,
+        on_server: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.status_topic = f"gateway/{cfg.client_id}/status"
         self.command_topics = command_topics
         self._on_state = on_state or (lambda up: None)
+        self._on_server = on_server or (lambda server: None)
+        self._addrs = cfg.nodes()
+        # "host:port" ("[v6]:port"), tried in order
+        self.nodes = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self._addrs]
+        self._node = 0  # index of the node tried next / connected to
+        self.server: str | None = None  # the node of the last connection
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._filters = [s.topic for s in cfg.subscriptions]
@@ -93,9 +106,10 @@ class MqttLink:
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg
         password = cfg.password.get_secret_value() if cfg.password else None
+        host, port = self._addrs[self._node]
         client = aiomqtt.Client(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=cfg.client_id,
             username=cfg.username,
             password=password,
@@ -104,7 +118,7 @@ class MqttLink:
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
             tls_context=_tls_context(cfg),
             tls_insecure=cfg.tls_insecure if cfg.tls else None,
-            timeout=10,
+            timeout=cfg.connect_timeout_s,
         )
         # At-least-once: paho must not PUBACK a QoS 1 message on receipt (its
         # default); the pipeline acks once the message's readings are durable.
@@ -146,21 +160,25 @@ class MqttLink:
     ) -> None:
         """Connect, subscribe, deliver; reconnect forever until cancelled."""
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-        last_error = ""
+        last_error: dict[str, str] = {}  # per node: repeated failures are logged once
         while True:
+            node = self.nodes[self._node]
             try:
                 async with self._make_client() as client:
                     await self._session(client, deliver, on_command, backoff)
             except aiomqtt.MqttError as e:
                 err = str(e)
-                if self.connected or err != last_error:
+                if len(self.nodes) > 1:
+                    self._node = (self._node + 1) % len(self.nodes)
+                if self.connected or err != last_error.get(node):
+                    nxt = f", next {self.nodes[self._node]}" if len(self.nodes) > 1 else ""
                     log.warning(
-                        "mqtt: broker %s:%s unavailable: %s (retrying with backoff)",
-                        self.cfg.host,
-                        self.cfg.port,
+                        "mqtt: broker %s unavailable: %s (retrying with backoff%s)",
+                        node,
                         err,
+                        nxt,
                     )
-                last_error = err
+                last_error[node] = err
             finally:
                 self._client = None
                 outbox, self._outbox = self._outbox, None
@@ -185,13 +203,18 @@ class MqttLink:
             await client.subscribe(topic, qos=1)
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._client = client
+        node = self.nodes[self._node]
+        if node != self.server:
+            if self.server is not None:
+                log.warning("mqtt: broker node changed from %s to %s", self.server, node)
+            self.server = node
+            self._on_server(node)
         self._connected.set()
         self._on_state(True)
         backoff.reset()
         log.info(
-            "mqtt: connected to %s:%s as %s, subscribed to %s",
-            self.cfg.host,
-            self.cfg.port,
+            "mqtt: connected to %s as %s, subscribed to %s",
+            node,
             self.cfg.client_id,
             ", ".join(self._filters),
         )

@@ -46,6 +46,7 @@ class PrimaryHostState:
         self._on_online = on_online or (lambda up: None)
         self._wake = asyncio.Event()
         self.published = 0  # STATE messages published (tests)
+        self._node = 0  # index into cfg.nodes()
 
     def link_state(self, up: bool) -> None:
         """The data link went up (subscribed) or down."""
@@ -54,9 +55,11 @@ class PrimaryHostState:
 
     def _client(self, ts: int) -> aiomqtt.Client:
         cfg = self.cfg
+        nodes = cfg.nodes()  # [mqtt] servers: the next node after each failure
+        host, port = nodes[self._node % len(nodes)]
         return aiomqtt.Client(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=f"{cfg.client_id}-spb-state",
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
@@ -90,6 +93,7 @@ class PrimaryHostState:
                         raise
             except aiomqtt.MqttError as e:
                 log.warning("sparkplug: STATE connection lost: %s (retrying)", e)
+                self._node += 1
             finally:
                 if self.online:
                     self.online = False

@@ -195,6 +195,14 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "edge_mqtt_connected", "1 while connected to the MQTT broker", registry=r
         )
+        # Which broker node the link is on ([mqtt] servers): 1 for the node of the current
+        # (or last) connection, 0 for the others; edge_mqtt_connected says if it is up.
+        self.mqtt_server = Gauge(
+            "edge_mqtt_server",
+            "1 for the MQTT broker node of the current or last connection, 0 for the others",
+            ["server"],
+            registry=r,
+        )
         self.opcua_connected = Gauge(
             "edge_opcua_connected",
             "1 while connected to an OPC UA server",

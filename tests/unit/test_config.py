@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, dump_settings, load_settings
+from gateway.config import ConfigError, dump_settings, load_settings, shard_settings
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -75,6 +75,18 @@ def test_edge_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.Monk
             "has 4 levels but filter 'plant/+/+' has 3",
         ),
         ("[mqtt\nport=1\n", "is not valid TOML"),
+        (
+            '[mqtt]\nservers = ["a:1883", "b"]\n',
+            "config: [mqtt] servers entries must be \"host:port\" with port 1-65535, got 'b'",
+        ),
+        (
+            '[mqtt]\nservers = ["a:0"]\n',
+            "config: [mqtt] servers entries must be \"host:port\" with port 1-65535, got 'a:0'",
+        ),
+        (
+            '[mqtt]\nservers = ["a:1883", "a:1883"]\n',
+            "config: [mqtt] servers lists 'a:1883' twice",
+        ),
     ],
 )
 def test_errors_are_one_actionable_line(tmp_path: Path, text: str, message: str) -> None:
@@ -104,3 +116,41 @@ def test_unreadable_secret_file_is_a_config_error(tmp_path: Path) -> None:
     p = _write(tmp_path, f'[influx]\ntoken_file = "{tmp_path / "missing"}"\n')
     with pytest.raises(ConfigError, match=r"\[influx\] token_file .* cannot be read"):
         load_settings(p)
+
+
+def test_mqtt_servers_are_the_nodes_tried_in_order(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, '[mqtt]\nservers = ["n1:1883", "[::1]:1884", "n3:1"]\n'))
+    assert s.mqtt.nodes() == [("n1", 1883), ("::1", 1884), ("n3", 1)]
+    one = load_settings(_write(tmp_path, '[mqtt]\nhost = "broker"\nport = 1999\n'))
+    assert one.mqtt.nodes() == [("broker", 1999)]  # host/port: the single-broker case
+
+
+def test_shard_derives_its_own_identity_and_subscriptions(tmp_path: Path) -> None:
+    base = load_settings(
+        _write(
+            tmp_path,
+            '[mqtt]\nclient_id = "gw"\n[spool]\ndir = "/var/lib/gw"\n[http]\nport = 9200\n'
+            + "".join(f'[[mqtt.subscriptions]]\ntopic = "plant/l{i}/+/+"\n' for i in range(3)),
+        )
+    )
+    s0, s1 = shard_settings(base, "0/2"), shard_settings(base, "1/2")
+    assert [x.topic for x in s0.mqtt.subscriptions] == ["plant/l0/+/+", "plant/l2/+/+"]
+    assert [x.topic for x in s1.mqtt.subscriptions] == ["plant/l1/+/+"]
+    assert (s0.mqtt.client_id, s1.mqtt.client_id) == ("gw-shard0", "gw-shard1")
+    assert (s0.spool.dir, s1.spool.dir) == ("/var/lib/gw/shard-0", "/var/lib/gw/shard-1")
+    assert (s0.http.port, s1.http.port) == (9200, 9201)
+    assert base.mqtt.client_id == "gw" and len(base.mqtt.subscriptions) == 3  # untouched
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("2/2", "config: --shard must be K/N with 0 <= K < N, got '2/2'"),
+        ("x", "config: --shard must be K/N with 0 <= K < N, got 'x'"),
+        ("1/2", "config: --shard 1/2 has no [[mqtt.subscriptions]] of its own"),
+    ],
+)
+def test_shard_errors_are_one_line(tmp_path: Path, spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        shard_settings(load_settings(_write(tmp_path, "")), spec)
+    assert message in str(e.value)
