@@ -108,6 +108,10 @@ class MqttConfig(_Section):
     # electing a new session-store leader) is given up on after this long
     connect_timeout_s: float = Field(default=10.0, gt=0)
     deadletter_per_s: float = Field(default=10.0, ge=0)
+    # outbound: past a burst, status/offline/cleared/dead letters go at most this fast,
+    # so a storm never queues in the broker ahead of a fresh critical alert (0: unpaced)
+    publish_rate_per_s: float = Field(default=20_000.0, ge=0)
+    publish_burst: int = Field(default=2_000, ge=1)
     subscriptions: list[Subscription] = Field(default_factory=lambda: [Subscription()])
 
     _port = field_validator("port")(_port)

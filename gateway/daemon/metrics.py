@@ -146,6 +146,11 @@ class Metrics:
             "Retained status/active-alert publishes replaced by a newer value before sending",
             registry=r,
         )
+        self.publish_resent = Counter(
+            "edge_publish_resent_total",
+            "Publishes unacknowledged when a broker connection ended, sent again after it",
+            registry=r,
+        )
         self.episodes_active = Gauge(
             "edge_equipment_episodes_active",
             "Equipment with an active multivariate or drift episode",

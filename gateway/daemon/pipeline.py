@@ -81,7 +81,8 @@ class Gateway:
         self.sink = sink
         self.sources = list(sources)
         self.spool_factory = spool_factory
-        self.publisher = Publisher(link)
+        m = s.mqtt
+        self.publisher = Publisher(link, pace=m.publish_rate_per_s or None, burst=m.publish_burst)
         self.processor = Processor(s, self.metrics, self.publisher, source_subscriptions)
         self.state = StateStore(s.spool.dir)
         self.snapshots = Snapshots(self.state, self.processor)

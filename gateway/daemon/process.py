@@ -200,6 +200,9 @@ class Processor:
         if pub.coalesced:
             self.metrics.publish_coalesced.inc(pub.coalesced)
             pub.coalesced = 0
+        if pub.resent:
+            self.metrics.publish_resent.inc(pub.resent)
+            pub.resent = 0
         m = self.metrics
         for sup in (self.detectors.suppressed, self.alerts.suppressed, self.alarms.suppressed):
             for reason, n in sup.items():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, dump_settings, load_settings, shard_settings
+from gateway.config import ConfigError, Settings, dump_settings, load_settings, shard_settings
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -154,3 +154,15 @@ def test_shard_errors_are_one_line(tmp_path: Path, spec: str, message: str) -> N
     with pytest.raises(ConfigError) as e:
         shard_settings(load_settings(_write(tmp_path, "")), spec)
     assert message in str(e.value)
+
+
+def test_publish_pacing_comes_from_the_config() -> None:
+    from adapters.mqtt import MqttLink
+    from gateway.daemon.pipeline import Gateway
+
+    s = Settings.model_validate({"mqtt": {"publish_rate_per_s": 0, "publish_burst": 50}})
+    gw = Gateway(s, link=MqttLink(s.mqtt))
+    assert (gw.publisher.pace, gw.publisher.burst) == (None, 50)  # 0: unpaced
+    d = Settings()
+    gw = Gateway(d, link=MqttLink(d.mqtt))
+    assert (gw.publisher.pace, gw.publisher.burst) == (20_000.0, 2_000)
