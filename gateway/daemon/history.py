@@ -167,6 +167,7 @@ class AlertHistory:
     async def _run(self) -> None:
         assert self._wake is not None
         next_prune = time.monotonic() + min(5.0, self.cfg.prune_interval_s)
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_s)
@@ -176,8 +177,13 @@ class AlertHistory:
                 if time.monotonic() >= next_prune:
                     await self.prune()
                     next_prune = time.monotonic() + self.cfg.prune_interval_s
+                if failing:
+                    failing = False
+                    log.info("history: writes work again")
             except (sqlite3.Error, OSError) as e:
-                log.warning("history: write failed (%s); retrying", e)
+                if not failing:  # one line when it starts failing, one when it recovers
+                    failing = True
+                    log.warning("history: write failed (%s); retrying", e)
                 await asyncio.sleep(min(5.0, self.cfg.prune_interval_s))
 
     async def flush(self) -> int:

@@ -151,6 +151,11 @@ class Metrics:
             "Publishes unacknowledged when a broker connection ended, sent again after it",
             registry=r,
         )
+        self.publish_failed = Counter(
+            "edge_publish_failed_total",
+            "Publishes the broker link refused for good (not retried), e.g. an invalid topic",
+            registry=r,
+        )
         self.episodes_active = Gauge(
             "edge_equipment_episodes_active",
             "Equipment with an active multivariate or drift episode",

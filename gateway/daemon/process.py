@@ -203,6 +203,9 @@ class Processor:
         if pub.resent:
             self.metrics.publish_resent.inc(pub.resent)
             pub.resent = 0
+        if pub.failed:
+            self.metrics.publish_failed.inc(pub.failed)
+            pub.failed = 0
         m = self.metrics
         for sup in (self.detectors.suppressed, self.alerts.suppressed, self.alarms.suppressed):
             for reason, n in sup.items():

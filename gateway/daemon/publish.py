@@ -98,6 +98,8 @@ class Publisher:
         self.coalesced = 0
         self.published = 0
         self.resent = 0  # unacknowledged when a connection ended: sent again
+        self.failed = 0  # could not be published and never will (e.g. a bad topic)
+        self._last_failure = ""
 
     def put(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, urgent: bool = False
@@ -287,7 +289,20 @@ class Publisher:
                 self._flying -= 1
             else:
                 self.published -= 1
-            log.error("mqtt: cannot publish to %s: %s", it.topic, why)
+            self._cannot(it.topic, why)
+
+    def _cannot(self, topic: str, why: str) -> None:
+        """A publish that cannot succeed on a retry: counted (`failed`); logged once per
+        reason, so a burst of them is one line, not one per message."""
+        self.failed += 1
+        if why != self._last_failure:
+            self._last_failure = why
+            log.error(
+                "mqtt: cannot publish to %s: %s (more of these are counted in "
+                "edge_publish_failed_total, not logged)",
+                topic,
+                why,
+            )
 
     async def _run_awaiting(self) -> None:
         """For a link without a batch path: one awaited `publish` task per message."""
@@ -325,7 +340,7 @@ class Publisher:
         except NotConnected:
             heapq.heappush(self._retry, it)  # again after the reconnect, in order
         except Exception as e:  # cannot succeed on a retry
-            log.error("mqtt: cannot publish to %s: %s", it.topic, e)
+            self._cannot(it.topic, str(e))
         finally:
             self._flying -= 1  # before the loop wakes, so it sees the room
             self._wake.set()

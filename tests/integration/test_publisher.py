@@ -284,3 +284,31 @@ async def test_a_link_without_a_batch_path_gets_one_awaited_publish_each() -> No
     assert link.sent[0] == ("t/urgent", b"!")
     assert [p for t, p in link.sent if t == "t/a"] == [str(i).encode() for i in range(10)]
     assert pub.published == 11 and pub.backlog == 0
+
+
+class _RefusingLink(_AwaitingLink):
+    """Refuses every topic under ``bad/`` for good (as paho does an invalid topic)."""
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        if topic.startswith("bad/"):
+            raise ValueError("Invalid topic")
+        await super().publish(topic, payload, qos=qos, retain=retain)
+
+
+@pytest.mark.asyncio
+async def test_publishes_refused_for_good_are_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = _RefusingLink()
+    pub = Publisher(cast(BrokerLink, link), window=8)
+    for i in range(500):
+        pub.put(f"bad/{i}", b"x", 1, False)
+    pub.put("good/1", b"y", 1, False)
+    with caplog.at_level(logging.DEBUG, logger="edge.pipeline"):
+        start(pub)
+        await drain(pub, timeout=5)
+    assert pub.failed == 500 and link.sent == [("good/1", b"y")]
+    refused = [r for r in caplog.records if "cannot publish" in r.getMessage()]
+    assert len(refused) == 1  # one line for the burst, not 500
