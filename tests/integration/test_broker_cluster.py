@@ -6,8 +6,9 @@ lists all three nodes in ``[mqtt] servers`` and sits on node 1; a paho client pu
 ~2,000 readings/s (QoS 1, payload timestamps) through node 3; node 1 is SIGKILLed under
 that load. The gateway must move to node 2 with the same client id and persistent
 session, and every reading must be stored exactly once (distinct points, no extra
-samples in VictoriaMetrics). The failover time (kill -> connected on the new node) is
-printed and kept under a generous bound.
+points, counted as each store counts them: VictoriaMetrics and InfluxDB 1.x). The
+failover time (kill -> connected on the new node) is printed and kept under a
+generous bound.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import pytest
 
 from tests.conftest import require_binary
 from tests.harness import GatewayProcess, uid
-from tests.servers import HOST, NatsCluster, VictoriaMetrics
-from tests.stores import VictoriaStore, stored, wait_count
+from tests.servers import HOST, NatsCluster
+from tests.stores import Store, stored, wait_count
 
 RATE = 2000  # readings/s
 PER_MESSAGE = 10  # readings per MQTT message: 200 QoS 1 messages/s
@@ -96,19 +97,19 @@ class Load:
 
 
 def test_failover_to_the_next_node_stores_every_reading_once(
-    nats_cluster: NatsCluster, victoria: VictoriaMetrics, tmp_path: Path
+    nats_cluster: NatsCluster, store: Store, tmp_path: Path
 ) -> None:
     cluster = nats_cluster
     first, second, third = cluster.nodes  # the gateway starts on 1, the load is on 3
     servers = ", ".join(f'"{s}"' for s in cluster.servers)
     gw = GatewayProcess(
         first.port,
-        victoria.url,
+        store.url,
         tmp_path,
         extra_toml=f"[mqtt]\nservers = [{servers}]\nreconnect_min_s = 0.2\nconnect_timeout_s = 5\n",
         ready_timeout=30,
+        influx=store.gateway_influx,
     )
-    store = VictoriaStore(victoria)
     line = uid("nats")
     load = Load(HOST, third.port, line, RATE)
     try:

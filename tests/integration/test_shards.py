@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 from tests.harness import GatewayProcess, MqttProbe, to_toml, uid
-from tests.servers import HOST, Mosquitto, VictoriaMetrics, free_port
-from tests.stores import VictoriaStore, stored, wait_count
+from tests.servers import HOST, Mosquitto, free_port
+from tests.stores import Store, stored, wait_count
 
 PER_LINE = 200
 
 
 def test_two_shards_split_the_lines_and_store_each_reading_once(
-    mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path
+    mosquitto: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
     lines = [uid("sa"), uid("sb")]
     subs = "".join(
@@ -33,11 +33,12 @@ def test_two_shards_split_the_lines_and_store_each_reading_once(
         for k in range(2):
             gw = GatewayProcess(
                 mosquitto.port,
-                victoria.url,
+                store.url,
                 tmp_path,
                 client_id=f"{base_id}-{k}",  # one config file each; the same content
                 extra_toml=subs,
                 start=False,
+                influx=store.gateway_influx,
                 args=["--shard", f"{k}/2"],
             )
             # one base config: same client id, spool dir and HTTP port in both files
@@ -56,7 +57,6 @@ def test_two_shards_split_the_lines_and_store_each_reading_once(
             for i in range(PER_LINE):
                 for ln in lines:
                     probe.publish(f"plant/{ln}/eq/temp", {"value": float(i), "ts": t0 + i})
-        store = VictoriaStore(victoria)
         for ln in lines:
             wait_count(store, PER_LINE, timeout=15.0, line=ln)
         for k, ln in enumerate(lines):
