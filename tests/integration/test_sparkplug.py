@@ -21,6 +21,7 @@ from simulator.sparkplug import EdgeNode
 from tests.harness import Gateways, MqttProbe, uid
 from tests.servers import Mosquitto, VictoriaMetrics
 from tests.sparkplug_edge import Edge
+from tests.stores import Store, by_sensor, stored, wait_count
 
 SPB = """
 [[mqtt.subscriptions]]
@@ -97,8 +98,9 @@ class Pump(threading.Thread):
 
 
 def test_late_gateway_one_rebirth_data_spike_ddeath_and_ndeaths(
-    spawn: Gateways, probe: MqttProbe, mosquitto: Mosquitto, victoria: VictoriaMetrics
+    spawn_store: Gateways, store: Store, probe: MqttProbe, mosquitto: Mosquitto
 ) -> None:
+    spawn = spawn_store  # once per real store: what each keeps is counted its own way
     group = uid("spb-line")
     dev_a, dev_b = uid("press"), uid("pump")
     profiles = [
@@ -116,18 +118,17 @@ def test_late_gateway_one_rebirth_data_spike_ddeath_and_ndeaths(
         gw = spawn(SPB + f'[[rules]]\nsensor = "temperature"\nequipment = "{dev_a}"\nhigh = 85\n')
         # a gateway started after the births asks once (cause startup), then ingests
         probe.wait_for(f"spBv1.0/{group}/NCMD/#", timeout=10)
-        victoria.wait_for_count(victoria.selector("readings_value", equipment=dev_a), 10)
+        wait_count(store, 10, timeout=15.0, equipment=dev_a)
         assert ncmds(probe, group) == [f"spBv1.0/{group}/NCMD/edge-{group}"]
         assert pump.rebirths == 1
         assert gw.metric("edge_sparkplug_rebirths_total", cause="startup") == 1
-        [series] = victoria.export(victoria.selector("readings_value", equipment=dev_a))
-        labels = series["metric"]
-        assert (labels["line"], labels["sensor"], labels["unit"]) == (
-            group,
-            "temperature",
-            "celsius",
-        )
-        got = set(zip(series["timestamps"], series["values"], strict=True))
+        points = store.points(equipment=dev_a)
+        assert {(p.tags["line"], p.tags["sensor"], p.tags["unit"]) for p in points} == {
+            (group, "temperature", "celsius")
+        }
+        distinct, extra, _ = stored(store, equipment=dev_a)
+        assert extra == 0 and distinct == len(points)  # one point per metric timestamp
+        got = set(by_sensor(points)["temperature"])
         assert got <= pump.sent[dev_a]  # the metrics' own timestamps
         # a spike raises the usual alert
         pump.values[(dev_a, "temperature")] = 95.0
