@@ -127,7 +127,6 @@ class Annunciator:
         self._chattering: dict[Key, int] = {}  # point -> its last raise (ns)
         self._shelves: dict[Key, _Shelf] = {}
         self._oos: dict[str, dict[str, Any]] = {}  # equipment -> {by, reason, since}
-        self._offline: dict[str, None] = {}  # equipment whose offline alert is active
         self._floods: dict[str, _Flood] = {}
         self._stale: dict[str, None] = {}  # alert ids marked stale
         # KPI counters, drained into the metrics by the pipeline
@@ -144,11 +143,6 @@ class Annunciator:
         state = a.state
         if a.ts > self.signal_ns and a.kind != OFFLINE:
             self.signal_ns = a.ts
-        if a.kind == OFFLINE:
-            if state in (RAISED, ESCALATED):
-                self._offline[a.equipment] = None
-            elif state in (CLEARED, RETURNED) and a.equipment in self._offline:
-                del self._offline[a.equipment]
         if (
             state in (CLEARED, RETURNED)
             and a.acknowledged_by is None
@@ -180,7 +174,7 @@ class Annunciator:
             return SHELVED
         if a.equipment in self._oos:
             return OOS
-        if a.kind != OFFLINE and a.equipment in self._offline:
+        if a.kind != OFFLINE and self.alerts.is_offline(a.equipment):
             return BY_DESIGN
         return None
 
@@ -437,7 +431,6 @@ class Annunciator:
             self.outbox.append(Publish(topic="shelved/" + "/".join(key), body=b""))
         if self._oos.pop(equipment, None) is not None:
             self.outbox.append(Publish(topic=f"oos/{equipment}", body=b""))
-        self._offline.pop(equipment, None)
 
     # --------------------------------------------------------------- queries
     @property
@@ -474,7 +467,6 @@ class Annunciator:
                 "chattering": [[*k, v] for k, v in self._chattering.items()],
                 "shelves": [[*k, dataclasses.asdict(s)] for k, s in self._shelves.items()],
                 "oos": self._oos,
-                "offline": list(self._offline),
                 "floods": {
                     line: {
                         "raises": list(fl.raises),
@@ -505,7 +497,6 @@ class Annunciator:
             chattering = {(e, s, k): int(v) for e, s, k, v in doc["chattering"]}
             shelves = {(e, s, k): _Shelf(**v) for e, s, k, v in doc["shelves"]}
             oos = {str(k): dict(v) for k, v in doc["oos"].items()}
-            offline = dict.fromkeys(str(e) for e in doc["offline"])
             floods = {}
             for line, f in doc["floods"].items():
                 floods[str(line)] = _Flood(
@@ -523,7 +514,7 @@ class Annunciator:
             raise ValueError(f"bad alarm snapshot: {e}") from None
         self.signal_ns = signal
         self._announced, self._raises, self._chattering = announced, raises, chattering
-        self._shelves, self._oos, self._offline = shelves, oos, offline
+        self._shelves, self._oos = shelves, oos
         self._floods, self._stale = floods, stale
 
 
