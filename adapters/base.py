@@ -85,6 +85,10 @@ class BrokerLink(Protocol):
     async def goodbye(self) -> None:
         """Say offline before a clean disconnect."""
 
+    def retire_filters(self, filters: list[str]) -> None:
+        """Unsubscribe these filters (subscribed by an earlier run, no longer configured)
+        on every connect, so a persistent session stops delivering a moved line."""
+
 
 class SpoolRecord(Protocol):
     readings: int

@@ -1,4 +1,4 @@
-"""`edge-gateway run | check-config | demo` (SPEC §2)."""
+"""`edge-gateway run | check-config | demo | state export|import` (SPEC §2)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ def _parser() -> argparse.ArgumentParser:
         "HTTP port + K, subscriptions i with i mod N == K (docs/scale-out.md)",
     )
     sub.choices["check-config"].add_argument("--shard", metavar="K/N", help="as for run")
+    st = sub.add_parser("state", help="move a line's detector and alert state between gateways")
+    st_sub = st.add_subparsers(dest="state_command", required=True)
+    ex = st_sub.add_parser("export", help="write the state of some equipment to a bundle file")
+    im = st_sub.add_parser("import", help="merge a bundle into this gateway's state")
+    for sp in (ex, im):
+        sp.add_argument("--config", "-c", help="TOML config file (default: $EDGE_CONFIG)")
+        sp.add_argument("--shard", metavar="K/N", help="the shard whose state it is")
+    ex.add_argument("--line", action="append", default=[], help="line glob (repeatable)")
+    ex.add_argument("--equipment", action="append", default=[], help="equipment glob (repeatable)")
+    ex.add_argument("--output", "-o", required=True, help="bundle file to write")
+    ex.add_argument(
+        "--keep",
+        action="store_true",
+        help="copy: leave the state in this gateway too (default: it moves out)",
+    )
+    im.add_argument("bundle", help="bundle file from `edge-gateway state export`")
     sub.choices["demo"].add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)"
     )
@@ -71,7 +87,7 @@ GC_THRESHOLD = 50_000
 
 async def _run(settings: Settings) -> int:
     from gateway.app import build
-    from gateway.daemon.pipeline import SpoolUnavailable
+    from gateway.daemon.pipeline import SpoolUnavailable, StateInUse
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,7 +101,7 @@ async def _run(settings: Settings) -> int:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
     try:
         await gw.run(stop)
-    except SpoolUnavailable as e:
+    except (SpoolUnavailable, StateInUse) as e:
         print(str(e), file=sys.stderr)
         return 1
     except OSError as e:
@@ -98,6 +114,40 @@ async def _run(settings: Settings) -> int:
     return 0
 
 
+def _state(args: argparse.Namespace, settings: Settings) -> int:
+    """`state export | import`, with the gateway of that spool dir stopped (docs/scale-out.md)."""
+    from pathlib import Path
+
+    from gateway.core import statemove
+    from gateway.daemon.state import StateInUse, StateStore, export_state, import_state
+
+    store = StateStore(settings.spool.dir)
+    try:
+        if args.state_command == "export":
+            if not args.line and not args.equipment:
+                print("state export: give --line or --equipment (globs)", file=sys.stderr)
+                return 2
+            keep = statemove.selector(args.line, args.equipment)
+            selected = {"line": args.line, "equipment": args.equipment}
+            n = export_state(store, keep, selected, Path(args.output), remove=not args.keep)
+            verb = "copied" if args.keep else "moved out"
+            print(f"state export: {_counted(n)} {verb} of {store.dir} into {args.output}")
+        else:
+            n = import_state(store, Path(args.bundle))
+            print(f"state import: {_counted(n)} from {args.bundle} into {store.dir}")
+    except (StateInUse, statemove.StateMoveError) as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"state {args.state_command}: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _counted(n: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in n.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _load(args.config)
@@ -107,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(str(e), file=sys.stderr)
             return 2
+    if args.command == "state":
+        return _state(args, settings)
     if args.command == "check-config":
         sys.stdout.write(orjson.dumps(dump_settings(settings), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")

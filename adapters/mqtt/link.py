@@ -83,6 +83,7 @@ class MqttLink:
         self._acked: Callable[[Any], None] = lambda item: None
         self._lost: Callable[[list[Any]], None] = lambda items: None
         self._sub_of: dict[str, int] = {}  # topic -> subscription index
+        self._retired: list[str] = []  # filters of an earlier run, no longer configured
 
     @property
     def connected(self) -> bool:
@@ -197,6 +198,8 @@ class MqttLink:
         on_command: Callable[[str, bytes], None] | None,
         backoff: Backoff,
     ) -> None:
+        for f in self._retired:  # the persistent session still has them
+            await client.unsubscribe(f)
         for sub in self.cfg.subscriptions:
             await client.subscribe(sub.topic, qos=sub.qos)
         for topic in self.command_topics:
@@ -274,6 +277,11 @@ class MqttLink:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
         except aiomqtt.MqttError as e:
             raise NotConnected(f"{topic}: {e}") from None
+
+    def retire_filters(self, filters: list[str]) -> None:
+        if filters:
+            log.info("mqtt: unsubscribing %s (no longer configured)", ", ".join(filters))
+        self._retired = [f for f in filters if f not in self._filters]
 
     async def goodbye(self) -> None:
         """Say `offline` on the status topic before a clean disconnect."""

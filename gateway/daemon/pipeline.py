@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from adapters.base import BrokerLink, DurableSpool, Sink, Source, SpoolFactory
 from gateway.config import Settings, Subscription
 from gateway.core.alarms import CommandRejected
@@ -51,11 +53,13 @@ from gateway.daemon.process import Processed, Processor, Watcher
 from gateway.daemon.publish import Publisher
 from gateway.daemon.send import Sender
 from gateway.daemon.snapshots import Snapshots
-from gateway.daemon.state import StateStore
+from gateway.daemon.state import StateInUse, StateStore
 
-__all__ = ["Gateway", "SpoolUnavailable"]
+__all__ = ["Gateway", "SpoolUnavailable", "StateInUse"]
 
 log = logging.getLogger("edge.pipeline")
+
+SUBSCRIPTIONS = "subscriptions.json"  # the filters the last run subscribed (state dir)
 
 
 class Gateway:
@@ -222,6 +226,18 @@ class Gateway:
             self.sender.update_spool_metrics()
 
     # ----------------------------------------------------------------- state
+    def _retire_filters(self) -> None:
+        """Filters the last run subscribed that the config no longer has (a line moved to
+        another gateway): the persistent session would go on delivering them."""
+        now = [s.topic for s in self.settings.mqtt.subscriptions]
+        try:
+            before = orjson.loads(self.state.load(SUBSCRIPTIONS) or b"[]")
+        except orjson.JSONDecodeError:
+            before = []
+        if isinstance(before, list):
+            self.link.retire_filters([f for f in before if isinstance(f, str) and f not in now])
+        self.state.save(SUBSCRIPTIONS, orjson.dumps(now))
+
     def restore_state(self) -> None:
         self.snapshots.restore()
 
@@ -238,7 +254,16 @@ class Gateway:
         await self._thread.run(remember_spooled, spool, self.processor.normalizer.recent)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then drain and return."""
+        """Run until `stop` is set, then drain and return; raises StateInUse when another
+        gateway (or `edge-gateway state import`) holds this spool dir's state."""
+        self.state.lock()
+        try:
+            self._retire_filters()
+            await self._run(stop)
+        finally:
+            self.state.unlock()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         from gateway.http.server import start_http
 
         await self.open_spool()
