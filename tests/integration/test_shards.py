@@ -3,11 +3,14 @@
 Shard K keeps ``[[mqtt.subscriptions]]`` entry i with i mod N == K, and derives its
 client id, spool directory and HTTP port (+K) from the base config
 (gateway/config.py `shard_settings`). With one subscription per line, every reading
-is stored exactly once in total and no series is written by both shards.
+is stored exactly once in total and no series is written by both shards; a shard
+SIGKILLed under load and restarted gets what its persistent session held, and the
+other shard never notices.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from tests.servers import HOST, Mosquitto, free_port
 from tests.stores import Store, stored, wait_count
 
 PER_LINE = 200
+UNDER_LOAD = 1_500  # readings per line published while shard 1 is killed and restarted
 
 
 def test_two_shards_split_the_lines_and_store_each_reading_once(
@@ -67,6 +71,34 @@ def test_two_shards_split_the_lines_and_store_each_reading_once(
         for k, gw in enumerate(shards):
             assert (tmp_path / "spool" / f"shard-{k}").is_dir()
             assert f"as {base_id}-shard{k}," in gw.log_text()
+
+        # SIGKILL shard 1 under load on both lines, restart it while the load goes on
+        def load() -> None:
+            with MqttProbe(mosquitto.port) as pub:
+                for i in range(PER_LINE, PER_LINE + UNDER_LOAD):
+                    for ln in lines:
+                        pub.publish(f"plant/{ln}/eq/temp", {"value": float(i), "ts": t0 + i})
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        shards[1].wait_metric(
+            "edge_readings_received_total", lambda v: v >= PER_LINE + 200, source="mqtt"
+        )
+        shards[1].kill()
+        time.sleep(0.5)
+        shards[1].start()
+        loader.join(timeout=60)
+        assert not loader.is_alive()
+        total = PER_LINE + UNDER_LOAD
+        for ln in lines:
+            wait_count(store, total, timeout=30.0, line=ln)
+        for ln in lines:
+            distinct, extra, _ = stored(store, line=ln)
+            assert (distinct, extra) == (total, 0), ln  # nothing lost, nothing twice
+        # shard 0 never noticed: one connection, every reading of its line, none of the other
+        assert shards[0].log_text().count("mqtt: connected to") == 1
+        assert shards[0].metric("edge_readings_received_total", source="mqtt") == total
+        assert shards[0].metric("edge_mqtt_connected") == 1
     finally:
         for gw in shards:
             if gw.running:
