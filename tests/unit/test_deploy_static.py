@@ -735,3 +735,36 @@ def test_defaults_the_deploy_files_assume() -> None:
     assert InfluxConfig().database == "factory" and InfluxConfig().bucket == "factory"
     example = tomllib.loads((DEPLOY / "edge-gateway.example.toml").read_text())
     assert example["http"]["port"] == HttpConfig().port
+
+
+TEMPLATE = DEPLOY / "systemd" / "edge-gateway@.service"
+
+
+def test_systemd_template_is_the_unit_with_a_shard_argument() -> None:
+    """One process per core in one line: edge-gateway@0-2 and edge-gateway@1-2. The
+    template must not drift from the hardened unit: only these keys may differ."""
+    base, tpl = unit_keys(UNIT.read_text()), unit_keys(TEMPLATE.read_text())
+    differ = {"Description", "ExecStartPre", "ExecStart"}
+    for section in base.keys() | tpl.keys():
+        b = {k: v for k, v in base.get(section, {}).items() if k not in differ}
+        t = {k: v for k, v in tpl.get(section, {}).items() if k not in differ}
+        assert b == t, section
+    for k in ("ExecStartPre", "ExecStart"):
+        assert tpl["Service"][k] == [v + " --shard %I" for v in base["Service"][k]]
+    assert "%I" in tpl["Unit"]["Description"][0]
+
+
+def test_systemd_template_instance_verifies(tmp_path: Path) -> None:
+    exe = require_binary("systemd-analyze")
+    venv_bin = str(Path(sys.executable).parent) + "/"
+    (tmp_path / "edge-gateway@.service").write_text(
+        TEMPLATE.read_text().replace("/opt/edge-gateway/bin/", venv_bin)
+    )
+    proc = subprocess.run(
+        [exe, "verify", "--man=no", str(tmp_path / "edge-gateway@0-2.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (proc.stdout + proc.stderr).strip() == "" and proc.returncode == 0, proc
