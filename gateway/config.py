@@ -59,6 +59,9 @@ class Subscription(_Section):
     format: Literal["json", "fields", "event", "sparkplug"] = "json"
     qos: Literal[0, 1, 2] = 1
     unit: str = ""  # default unit for readings that carry none
+    # `--shard K/N`: the shard that owns this entry; unset = entry index mod N
+    # (docs/scale-out.md: moving a line is changing this one number)
+    shard: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check_template(self) -> Subscription:
@@ -621,21 +624,31 @@ def shard_settings(settings: Settings, spec: str) -> Settings:
     A shard gets client id ``{client_id}-shard{K}``, spool (and so state and history)
     directory ``{dir}/shard-{K}``, HTTP port ``port + K``, and of the lists that name
     inputs only its own part: ``[[mqtt.subscriptions]]`` and ``[[opcua.servers]]``
-    entry ``i`` (0-based) belongs to shard ``i mod N``. So list one subscription per
-    line (``plant/line-a/+/+``, ...) and every series has exactly one owner
-    (docs/scale-out.md). Raises `ConfigError` for a bad spec or a shard left with
-    no subscription.
+    entry ``i`` (0-based) belongs to shard ``i mod N``, or to the subscription's own
+    ``shard`` key when set. So list one subscription per line (``plant/line-a/+/+``,
+    ...) and every series has exactly one owner (docs/scale-out.md). Raises
+    `ConfigError` for a bad spec, a ``shard`` key >= N, or a shard left with no
+    subscription.
     """
     k_s, sep, n_s = spec.partition("/")
     if not (sep and k_s.isdigit() and n_s.isdigit() and int(k_s) < int(n_s)):
         raise ConfigError(f"config: --shard must be K/N with 0 <= K < N, got {spec!r}")
     k, n = int(k_s), int(n_s)
     mqtt, http = settings.mqtt, settings.http
-    subs = [x for i, x in enumerate(mqtt.subscriptions) if i % n == k]
+    for i, x in enumerate(mqtt.subscriptions):
+        if x.shard is not None and x.shard >= n:
+            raise ConfigError(
+                f"config: [[mqtt.subscriptions]] entry {i} ({x.topic!r}) has shard = {x.shard}, "
+                f"but --shard {spec} runs {n} shards (0-{n - 1})"
+            )
+    subs = [
+        x for i, x in enumerate(mqtt.subscriptions) if (i % n if x.shard is None else x.shard) == k
+    ]
     if not subs:
         raise ConfigError(
             f"config: --shard {spec} has no [[mqtt.subscriptions]] of its own "
-            f"({len(mqtt.subscriptions)} listed; entry i belongs to shard i mod {n})"
+            f"({len(mqtt.subscriptions)} listed; entry i belongs to shard i mod {n} "
+            "unless it sets shard = K)"
         )
     if http.port + k > 65535:
         raise ConfigError(f"config: --shard {spec}: [http] port {http.port} + {k} > 65535")

@@ -227,16 +227,22 @@ class Gateway:
 
     # ----------------------------------------------------------------- state
     def _retire_filters(self) -> None:
-        """Filters the last run subscribed that the config no longer has (a line moved to
-        another gateway): the persistent session would go on delivering them."""
-        now = [s.topic for s in self.settings.mqtt.subscriptions]
+        """Subscriptions the last run had that the config no longer has (a line moved to
+        another gateway): their filters are unsubscribed from the persistent session, and
+        what it still delivers of them is stored but not scored (`Processor.retire`)."""
+        now = self.settings.mqtt.subscriptions
+        topics = {s.topic for s in now}
         try:
             before = orjson.loads(self.state.load(SUBSCRIPTIONS) or b"[]")
-        except orjson.JSONDecodeError:
-            before = []
-        if isinstance(before, list):
-            self.link.retire_filters([f for f in before if isinstance(f, str) and f not in now])
-        self.state.save(SUBSCRIPTIONS, orjson.dumps(now))
+            gone = [Subscription(**d) for d in before if d["topic"] not in topics]
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            log.warning("state: %s unreadable (%s): no filter is unsubscribed", SUBSCRIPTIONS, e)
+            gone = []
+        if gone:
+            self.link.retire_filters([s.topic for s in gone])
+            self.processor.retire(gone)
+        keep = [s.model_dump(exclude={"shard"}) for s in now]
+        self.state.save(SUBSCRIPTIONS, orjson.dumps(keep))
 
     def restore_state(self) -> None:
         self.snapshots.restore()

@@ -3,7 +3,9 @@
 Gateway A learns two lines and latches an alert on line a; line a's state is exported
 (moved out of A) and imported into gateway B, which then owns line a: a spike on its
 first reading alerts at once (no warm-up), the moved alert is acknowledged on B, and A
-restarts without line a (no baselines, no alert, nothing to go offline).
+restarts without line a: the reading published during the move (queued in A's session)
+is stored by A but not scored, and A has no baseline or alert of line a and raises no
+`offline` for it.
 """
 
 from __future__ import annotations
@@ -75,17 +77,23 @@ def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(
         assert got.returncode == 0, got.stderr
         assert "1 equipment, 2 series, 1 alerts" in got.stdout, got.stdout
 
+        # during the move: only A's session has line a; a spike, which A must not score
+        probe.publish(f"plant/{la}/{pa}/temp", {"value": 400.0, "ts": t0 + WARM * 1000})
         # line a leaves A's config: on restart A unsubscribes it from its persistent session
         a.config["mqtt"]["subscriptions"] = a.config["mqtt"]["subscriptions"][1:]
+        a.config["alerts"]["offline_after_s"] = 1.5  # to see that pa never goes offline on A
         a.config_path.write_text(to_toml(a.config) + "\n")
         a.start()
         assert f"unsubscribing plant/{la}/+/+" in a.log_text()
-        a.wait_metric("edge_series_active", lambda v: v == 1)  # pb only came back
+        a.wait_metric("edge_readings_received_total", lambda v: v >= 1, source="mqtt")
+        stored_pa = victoria.selector("readings_value", equipment=pa, sensor="temp")
+        assert victoria.wait_for_count(stored_pa, WARM + 1) == WARM + 1  # A stored it
+        assert "are stored but not scored" in a.log_text()
         b.start()
         # the latched alert moved with its line (the gauge is set on the 1 s tick)
         b.wait_metric("edge_alerts_active", lambda v: v == 1)
         probe.clear()
-        probe.publish(f"plant/{la}/{pa}/temp", {"value": 500.0, "ts": t0 + WARM * 1000})
+        probe.publish(f"plant/{la}/{pa}/temp", {"value": 500.0, "ts": t0 + (WARM + 1) * 1000})
         (spike_msg,) = probe.wait_for(f"alerts/events/{pa}/temp")
         spike = spike_msg.json()  # on B's first reading of it: no warm-up
         assert (spike["state"], spike["kind"], spike["severity"]) == (
@@ -101,12 +109,14 @@ def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(
         assert (cleared["state"], cleared["acknowledged_by"]) == ("cleared", "op-move")
 
         probe.publish(f"plant/{lb}/{pb}/temp", {"value": 20.0, "ts": t0 + WARM * 1000})
-        a.wait_metric("edge_readings_received_total", lambda v: v >= 1, source="mqtt")
-        time.sleep(1.2)  # a tick later: A still has no alert and no series of line a
-        # one message reached A since its restart: pb's, none of line a's
-        assert a.metric("edge_messages_received_total", source="mqtt") == 1
-        assert a.metric("edge_alerts_active") == 0 and a.metric("edge_series_active") == 1
+        a.wait_metric("edge_readings_received_total", lambda v: v >= 2, source="mqtt")
+        time.sleep(2.5)  # past offline_after_s: A raises no offline for pa, which left it
+        # two messages reached A since its restart: the one from the move, and pb's
+        assert a.metric("edge_messages_received_total", source="mqtt") == 2
         assert b.metric("edge_readings_received_total", source="mqtt") == 1
+        assert not [m for m in probe.messages() if m.json().get("kind") == "offline"]
+        temp_alerts = probe.messages(f"alerts/events/{pa}/temp")
+        assert [m.json()["value"] for m in temp_alerts] == [500.0]  # B's, not A's 400
     finally:
         for gw in (a, b):
             if gw.running:

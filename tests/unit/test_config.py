@@ -142,6 +142,20 @@ def test_shard_derives_its_own_identity_and_subscriptions(tmp_path: Path) -> Non
     assert base.mqtt.client_id == "gw" and len(base.mqtt.subscriptions) == 3  # untouched
 
 
+def test_a_subscription_names_its_shard_to_move_a_line_with_one_edit(tmp_path: Path) -> None:
+    subs = "".join(f'[[mqtt.subscriptions]]\ntopic = "plant/l{i}/+/+"\n' for i in range(3))
+    base = load_settings(_write(tmp_path, subs + "shard = 1\n"))  # l2 moves to shard 1
+    s0, s1 = shard_settings(base, "0/2"), shard_settings(base, "1/2")
+    assert [x.topic for x in s0.mqtt.subscriptions] == ["plant/l0/+/+"]
+    assert [x.topic for x in s1.mqtt.subscriptions] == ["plant/l1/+/+", "plant/l2/+/+"]
+    with pytest.raises(ConfigError) as e:
+        shard_settings(load_settings(_write(tmp_path, subs + "shard = 3\n")), "0/2")
+    assert str(e.value) == (
+        "config: [[mqtt.subscriptions]] entry 2 ('plant/l2/+/+') has shard = 3, "
+        "but --shard 0/2 runs 2 shards (0-1)"
+    )
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
