@@ -116,8 +116,27 @@ class MqttConfig(_Section):
     publish_rate_per_s: float = Field(default=20_000.0, ge=0)
     publish_burst: int = Field(default=2_000, ge=1)
     subscriptions: list[Subscription] = Field(default_factory=lambda: [Subscription()])
+    # characters the broker cannot carry in a topic (NATS 2.9 closes the connection on
+    # '.' and ' ', RabbitMQ turns '.' into '/'): a publish whose topic has one is counted
+    # in edge_publish_failed_total instead of sent (docs/brokers.md)
+    topic_forbidden_chars: str = ""
 
     _port = field_validator("port")(_port)
+
+    @model_validator(mode="after")
+    def _forbidden_chars(self) -> MqttConfig:
+        bad = self.topic_forbidden_chars
+        if not bad:
+            return self
+        if any(c in bad for c in "+#/"):
+            raise ValueError(f"topic_forbidden_chars must not list '+', '#' or '/', got {bad!r}")
+        named = [("client_id", self.client_id)]
+        named += [(f"subscription {s.topic!r}", s.topic) for s in self.subscriptions]
+        for what, text in named:
+            hit = next((c for c in text if c in bad), None)
+            if hit is not None:
+                raise ValueError(f"{what} has {hit!r}, listed in topic_forbidden_chars")
+        return self
 
     @field_validator("servers")
     @classmethod

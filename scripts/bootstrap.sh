@@ -11,8 +11,13 @@ PYTHON="${PYTHON:-python3}"
 # promtool checks configs, rules and /metrics; systemd-analyze verifies the shipped unit;
 # node runs the Node-RED flow's function nodes; chromium is the headless browser of the
 # operator page test (playwright drives it by executable_path: no browser download).
-BINARIES=(mosquitto victoria-metrics influxd prometheus promtool systemd-analyze node chromium)
-PACKAGES=(mosquitto victoria-metrics influxdb prometheus prometheus systemd nodejs chromium)
+# nats-server and rabbitmq-server (epmd comes with it, in erlang-base) are the other
+# brokers of the cluster and compatibility tests (docs/brokers.md); the policy-rc.d below
+# keeps the rabbitmq-server, epmd and nats-server services from starting on install.
+BINARIES=(mosquitto victoria-metrics influxd prometheus promtool systemd-analyze node chromium
+    nats-server rabbitmq-server epmd)
+PACKAGES=(mosquitto victoria-metrics influxdb prometheus prometheus systemd nodejs chromium
+    nats-server rabbitmq-server erlang-base)
 
 say() { echo "bootstrap: $*"; }
 

@@ -1,4 +1,5 @@
-"""Real test servers (mosquitto, VictoriaMetrics, InfluxDB 1.x) on free loopback ports.
+"""Real test servers (mosquitto, VictoriaMetrics, InfluxDB 1.x, NATS, RabbitMQ) on free
+loopback ports.
 
 Plain helpers with no pytest dependency, used by the test fixtures and the benchmarks.
 Every server runs from a binary on PATH (or /usr/sbin) with its own temp directory, in its
@@ -71,6 +72,21 @@ def http_request(
         return int(exc.code), exc.read()
 
 
+def mqtt_connect_ok(host: str, port: int, client_id: str, timeout: float = 5.0) -> bool:
+    """True when an MQTT 3.1.1 CONNECT (persistent session) gets CONNACK "accepted"."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x00\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            ack = sock.recv(4)
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:
+        return False
+    return ack[:2] == b"\x20\x02" and ack[3:4] == b"\x00"
+
+
 class ServerError(RuntimeError):
     """A test server failed to start or answered unexpectedly."""
 
@@ -105,6 +121,10 @@ class _Server:
 
     def _ready(self) -> bool:
         raise NotImplementedError
+
+    def _env(self) -> dict[str, str] | None:
+        """The server's environment (None: inherit ours)."""
+        return None
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -147,6 +167,7 @@ class _Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                env=self._env(),
                 start_new_session=True,
             )
         _LIVE.add(self)
@@ -550,17 +571,23 @@ class NatsNode(_Server):
             f'"nats-route://{n.host}:{n.route_port}"' for n in self.cluster.nodes if n is not self
         )
         store = self.dir / "js"
+        # a single node is a standalone server: JetStream refuses a cluster without routes
+        cluster = (
+            f"""cluster {{
+  name: {self.cluster.name}
+  listen: {self.host}:{self.route_port}
+  routes: [{routes}]
+}}
+"""
+            if len(self.cluster.nodes) > 1
+            else ""
+        )
         self.conf_path.write_text(
             f"""server_name: {self.name}
 listen: {self.host}:{self.client_port}
 http: {self.host}:{self.http_port}
 jetstream {{ store_dir: "{store}" }}
-cluster {{
-  name: {self.cluster.name}
-  listen: {self.host}:{self.route_port}
-  routes: [{routes}]
-}}
-mqtt {{
+{cluster}mqtt {{
   listen: {self.host}:{self.port}
   stream_replicas: {len(self.cluster.nodes)}
 }}
@@ -579,17 +606,7 @@ mqtt {{
         NATS keeps MQTT sessions in replicated JetStream streams, so this is true only
         once the cluster has a JetStream leader and the MQTT streams exist.
         """
-        cid = f"edge-probe-{self.name}".encode()
-        body = b"\x00\x04MQTT\x04\x00\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-        try:
-            with socket.create_connection((self.host, self.port), timeout=5) as sock:
-                sock.settimeout(5)
-                sock.sendall(bytes([0x10, len(body)]) + body)
-                ack = sock.recv(4)
-                sock.sendall(b"\xe0\x00")  # DISCONNECT
-        except OSError:
-            return False
-        return ack[:2] == b"\x20\x02" and ack[3:4] == b"\x00"
+        return mqtt_connect_ok(self.host, self.port, f"edge-probe-{self.name}")
 
 
 class NatsCluster:
@@ -651,6 +668,180 @@ class NatsCluster:
 
     def __repr__(self) -> str:
         return f"<NatsCluster {', '.join(self.servers)}>"
+
+
+def _proc_children() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every process now, from /proc."""
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        out.setdefault(int(fields[1]), []).append(int(entry))
+    return out
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (field 22 of /proc/pid/stat), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """``pid`` and all its descendants now, each with its start time (to tell PIDs reused)."""
+    children = _proc_children()
+    out: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        start = _proc_start(p)
+        if start is not None and p not in out:
+            out[p] = start
+            todo.extend(children.get(p, []))
+    return out
+
+
+class RabbitMQ(_Server):
+    """A private RabbitMQ node (Debian rabbitmq-server 3.10) with the MQTT plugin.
+
+    ``port`` is the MQTT listener; AMQP (``amqp_port``), Erlang distribution
+    (``dist_port``) and an epmd of its own (``epmd_port``) are free ports too, so a
+    system RabbitMQ (5672/25672) and the system epmd (4369) are neither used nor
+    touched. Node name ``edge-test-<port>@localhost``; mnesia, logs, plugin expansion,
+    Erlang cookie (``HOME``), config, env and enabled-plugins files live in ``dir``.
+    Anonymous MQTT clients log in as ``guest`` (allowed from loopback). Ready when
+    the MQTT port answers a CONNECT with "accepted" (~8 s on the 2-core machine).
+
+    Erlang starts helpers in process groups of their own (``erl_child_setup``,
+    ``inet_gethost``, the disk monitor's ``sh``), so ``stop()``/``kill()`` also kill
+    every descendant of the node seen before the signal, not only its group.
+    """
+
+    binary = "rabbitmq-server"
+    start_timeout = 60.0
+    # Debian's /usr/sbin/rabbitmq-server is a wrapper that su's to user rabbitmq and
+    # logs to /var/log/rabbitmq; the real start script sits here.
+    _REAL_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+    def __init__(self, *, workdir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(workdir)
+        if self._REAL_SCRIPT.exists():
+            self.exe = str(self._REAL_SCRIPT)
+        epmd = find_binary("epmd")
+        if epmd is None:
+            raise FileNotFoundError("epmd (erlang-base) not found on PATH")
+        self.epmd = epmd
+        self._pick_ports()
+        self.conf_path = self.dir / "rabbitmq.conf"
+        self._tree: dict[int, str] = {}  # the node's processes seen while it ran
+        self.last_tree: dict[int, str] = {}
+
+    @property
+    def nodename(self) -> str:
+        return f"edge-test-{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+        self.amqp_port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+
+    def _port_taken_by_other(self) -> bool:
+        ports = (self.port, self.amqp_port, self.dist_port, self.epmd_port)
+        return any(port_open(self.host, p) for p in ports)
+
+    def _prepare(self) -> None:
+        d = self.dir
+        (d / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf
+        (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        self.conf_path.write_text(
+            f"""listeners.tcp.default = {self.host}:{self.amqp_port}
+mqtt.listeners.tcp.default = {self.host}:{self.port}
+mqtt.allow_anonymous = true
+mqtt.default_user = guest
+mqtt.default_pass = guest
+mqtt.vhost = /
+disk_free_limit.absolute = 1MB
+log.console = true
+log.console.level = warning
+log.file = false
+"""
+        )
+
+    def _env(self) -> dict[str, str]:
+        d = self.dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(d),  # the Erlang cookie of this node only
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(self.conf_path),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
+            RABBITMQ_NODE_PORT=str(self.amqp_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_LOGS="-",
+            RABBITMQ_PLUGINS_EXPAND_DIR=str(d / "plugins-expand"),
+            RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
+            ERL_EPMD_PORT=str(self.epmd_port),
+            ERL_EPMD_ADDRESS=self.host,
+            # never daemonize an epmd (it would outlive the test): ours runs in the group
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-start_epmd false",
+        )
+        return env
+
+    def _argv(self) -> list[str]:
+        # An epmd of its own in the node's process group, up before the node registers.
+        script = (
+            f'"{self.epmd}" -port {self.epmd_port} -address {self.host} & '
+            "i=0; while [ $i -lt 100 ]; do "
+            f'"{self.epmd}" -port {self.epmd_port} -names >/dev/null 2>&1 && break; '
+            "i=$((i+1)); sleep 0.05; done; "
+            f'exec "{self.exe}"'
+        )
+        return ["/bin/sh", "-c", script]
+
+    def _ready(self) -> bool:
+        return port_open(self.host, self.port) and mqtt_connect_ok(
+            self.host, self.port, "edge-probe-rabbitmq"
+        )
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is not None:
+            self._tree.update(process_tree(self.proc.pid))
+        super()._signal_group(sig)
+
+    def _reap(self) -> None:
+        super()._reap()
+        # helpers in groups of their own: gone once the VM is; make sure of it
+        deadline = time.monotonic() + 5.0
+        while True:
+            alive = {p: t for p, t in self._tree.items() if _proc_start(p) == t}
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.last_tree, self._tree = self._tree, {}
+
+    def leftovers(self) -> list[int]:
+        """PIDs of the last stopped node's processes still alive (must be none)."""
+        return [p for p, t in self.last_tree.items() if _proc_start(p) == t]
 
 
 @atexit.register

@@ -273,11 +273,13 @@ class Outbox:
     `lost()` returns them (the link hands them back to the publisher for a retry).
     """
 
-    def __init__(self, paho: paho_mqtt.Client, acked: Any) -> None:
+    def __init__(self, paho: paho_mqtt.Client, acked: Any, forbidden: str = "") -> None:
         self.inflight: dict[int, Any] = {}  # packet id -> item, in send order
         self.acked = acked
         self._paho = paho
         self._v5 = paho._protocol == paho_mqtt.MQTTv5
+        # topic characters the broker cannot carry ([mqtt] topic_forbidden_chars)
+        self._forbidden = tuple((c, c.encode()) for c in dict.fromkeys(forbidden))
 
     def take_ack(self, mid: int) -> bool:
         it = self.inflight.pop(mid, None)
@@ -295,7 +297,8 @@ class Outbox:
         """Write PUBLISH packets for `items` (``.topic .payload .qos .retain``).
 
         Returns the items that cannot be published at all, with the reason (a wildcard
-        in the topic, ...); everything else is written or queued for writing.
+        in the topic, a character the broker cannot carry, ...); everything else is
+        written or queued for writing.
         """
         paho = self._paho
         inflight = self.inflight
@@ -313,6 +316,11 @@ class Outbox:
             if not t or b"+" in t or b"#" in t or len(t) > 65535 or len(payload) > MAX_PAYLOAD:
                 bad.append((it, "invalid topic or payload too large"))
                 continue
+            if self._forbidden:
+                hit = next((c for c, b in self._forbidden if b in t), None)
+                if hit is not None:
+                    bad.append((it, f"topic has {hit!r}, which the broker cannot carry"))
+                    continue
             qos = it.qos
             if qos:
                 mid = mid + 1 if mid < 65535 else 1

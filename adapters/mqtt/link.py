@@ -51,6 +51,25 @@ def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def suback_problem(topic: str, asked: int, granted: Sequence[Any]) -> tuple[int, str] | None:
+    """(log level, message) when a SUBACK refused `topic` or granted less than `asked`.
+
+    Brokers differ here (docs/brokers.md): NATS 2.9 and RabbitMQ 3.10 grant QoS 1 for a
+    QoS 2 subscription, NATS refuses a filter with '.' or ' ' (0x80).
+    """
+    if not granted:
+        return None
+    code = int(getattr(granted[0], "value", granted[0]))
+    if code >= 0x80:
+        return logging.ERROR, (
+            f"mqtt: broker refused the subscription {topic!r} (SUBACK 0x{code:02x}): "
+            "nothing will arrive on it"
+        )
+    if code < asked:
+        return logging.WARNING, f"mqtt: broker granted QoS {code} for {topic!r} (asked {asked})"
+    return None
+
+
 class MqttLink:
     """The broker link (`adapters.base.BrokerLink`) on aiomqtt, with the fast read path."""
 
@@ -83,6 +102,7 @@ class MqttLink:
         self._acked: Callable[[Any], None] = lambda item: None
         self._lost: Callable[[list[Any]], None] = lambda items: None
         self._sub_of: dict[str, int] = {}  # topic -> subscription index
+        self._suback_logged: dict[str, str] = {}  # filter -> problem last logged
         self._retired: list[str] = []  # filters of an earlier run, no longer configured
 
     @property
@@ -129,7 +149,7 @@ class MqttLink:
         # flight itself and exports the backlog as edge_queue_depth{queue="publish"}.
         client.pending_calls_threshold = PENDING_CALLS_LOG_THRESHOLD
         self._inbox = Inbox(client, self._subscription_of, set(self.command_topics))
-        self._outbox = Outbox(client._client, self._acked)
+        self._outbox = Outbox(client._client, self._acked, cfg.topic_forbidden_chars)
         install(client, self._inbox, self._outbox)
         return client
 
@@ -200,10 +220,14 @@ class MqttLink:
     ) -> None:
         for f in self._retired:  # the persistent session still has them
             await client.unsubscribe(f)
-        for sub in self.cfg.subscriptions:
-            await client.subscribe(sub.topic, qos=sub.qos)
-        for topic in self.command_topics:
-            await client.subscribe(topic, qos=1)
+        subs: list[tuple[str, int]] = [(sub.topic, sub.qos) for sub in self.cfg.subscriptions]
+        subs += [(topic, 1) for topic in self.command_topics]
+        for topic, qos in subs:
+            problem = suback_problem(topic, qos, await client.subscribe(topic, qos=qos))
+            # logged once, not on every reconnect
+            if problem is not None and self._suback_logged.get(topic) != problem[1]:
+                log.log(*problem)
+            self._suback_logged[topic] = problem[1] if problem else ""
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._client = client
         node = self.nodes[self._node]

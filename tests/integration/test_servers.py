@@ -14,7 +14,9 @@ from tests.conftest import require_binary
 from tests.servers import (
     InfluxDB1,
     Mosquitto,
+    NatsCluster,
     VictoriaMetrics,
+    _Server,
     free_port,
     http_request,
     port_open,
@@ -24,7 +26,7 @@ from tests.servers import (
 class _Collector:
     """paho client that records (topic, payload, retain) of every message it gets."""
 
-    def __init__(self, server: Mosquitto, client_id: str = "", clean: bool = True) -> None:
+    def __init__(self, server: _Server, client_id: str = "", clean: bool = True) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.subscribed = threading.Event()
         self.connected = threading.Event()
@@ -55,7 +57,7 @@ class _Collector:
         self.client.loop_stop()
 
 
-def _publish(server: Mosquitto, topic: str, payloads: list[bytes], retain: bool = False) -> None:
+def _publish(server: _Server, topic: str, payloads: list[bytes], retain: bool = False) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect(server.host, server.port)
     client.loop_start()
@@ -194,6 +196,23 @@ def test_stop_leaves_no_process_and_close_removes_dir() -> None:
     assert server.startup_seconds is not None and server.startup_seconds < server.start_timeout
     server.close()
     assert _gone(pid) and not workdir.exists() and not server.running
+
+
+def test_nats_single_node_serves_mqtt_with_retained_messages() -> None:
+    require_binary(NatsCluster.binary)
+    with NatsCluster(1) as nats:
+        [node] = nats.nodes
+        assert node.healthy() and node.port != 1883
+        topic = f"test/{uuid.uuid4().hex}/state"
+        _publish(node, topic, [b"online"], retain=True)
+        sub = _Collector(node)
+        try:
+            sub.subscribe(topic)
+            assert sub.wait_for(1) == [(topic, b"online", True)]
+        finally:
+            sub.close()
+        pid = node.proc.pid if node.proc else -1
+    assert _gone(pid) and not nats.dir.exists()
 
 
 def test_require_binary_fails_under_ci_and_skips_locally(

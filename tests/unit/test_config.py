@@ -87,6 +87,19 @@ def test_edge_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.Monk
             '[mqtt]\nservers = ["a:1883", "a:1883"]\n',
             "config: [mqtt] servers lists 'a:1883' twice",
         ),
+        (
+            '[mqtt]\ntopic_forbidden_chars = ". "\nclient_id = "gw.1"\n',
+            "config: [mqtt] client_id has '.', listed in topic_forbidden_chars",
+        ),
+        (
+            '[mqtt]\ntopic_forbidden_chars = "."\n[[mqtt.subscriptions]]\n'
+            'topic = "a.b/+/+"\ntemplate = "a.b/{equipment}/{sensor}"\n',
+            "config: [mqtt] subscription 'a.b/+/+' has '.', listed in topic_forbidden_chars",
+        ),
+        (
+            '[mqtt]\ntopic_forbidden_chars = "./"\n',
+            "config: [mqtt] topic_forbidden_chars must not list '+', '#' or '/', got './'",
+        ),
     ],
 )
 def test_errors_are_one_actionable_line(tmp_path: Path, text: str, message: str) -> None:
@@ -116,6 +129,12 @@ def test_unreadable_secret_file_is_a_config_error(tmp_path: Path) -> None:
     p = _write(tmp_path, f'[influx]\ntoken_file = "{tmp_path / "missing"}"\n')
     with pytest.raises(ConfigError, match=r"\[influx\] token_file .* cannot be read"):
         load_settings(p)
+
+
+def test_topic_forbidden_chars_default_to_none(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, "")).mqtt.topic_forbidden_chars == ""
+    s = load_settings(_write(tmp_path, '[mqtt]\ntopic_forbidden_chars = ". "\n'))
+    assert s.mqtt.topic_forbidden_chars == ". "
 
 
 def test_mqtt_servers_are_the_nodes_tried_in_order(tmp_path: Path) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho_mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.mqtt import fastpath
-from adapters.mqtt.fastpath import BufferedSocket, Inbox
+from adapters.mqtt.fastpath import BufferedSocket, Inbox, Outbox
 from adapters.mqtt.fastpath import varlen as mqtt_varlen
+from adapters.mqtt.link import suback_problem
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
@@ -129,3 +135,67 @@ def test_pubacks_are_taken_from_the_read_buffer_when_they_are_the_outboxs() -> N
     assert sock.take_publishes(lambda *a: None, 100) == 2
     assert taken == ["a", "b"]
     assert sock.pending() == 6  # paho reads the PUBACK of id 9, and the cut one
+
+
+class _Item(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    retain: int
+
+
+def test_outbox_refuses_topics_with_characters_the_broker_cannot_carry() -> None:
+    """[mqtt] topic_forbidden_chars: NATS 2.9 drops the connection on a '.' or ' ' topic."""
+    client = paho_mqtt.Client(paho_mqtt.CallbackAPIVersion.VERSION2, client_id="t")
+    ours, broker = socket.socketpair()
+    client._sock = ours
+    items = [
+        _Item("status/pump.1", b"a", 1, 1),
+        _Item("status/pump 2", b"b", 1, 1),
+        _Item("status/pump-3", b"c", 1, 1),
+    ]
+    try:
+        box = Outbox(client, lambda it: None, ". ")
+        bad = box.send(items)
+        assert [(it.topic, why) for it, why in bad] == [
+            ("status/pump.1", "topic has '.', which the broker cannot carry"),
+            ("status/pump 2", "topic has ' ', which the broker cannot carry"),
+        ]
+        assert list(box.inflight.values()) == [items[2]]  # only what was sent awaits a PUBACK
+        [mid] = box.inflight
+        assert broker.recv(1024) == bytes([0x33]) + publish("status/pump-3", b"c", 1, mid)[1:]
+        # without the setting every topic goes out (mosquitto carries them all)
+        assert Outbox(client, lambda it: None).send(items) == []
+        assert broker.recv(1024).count(b"status/pump") == 3
+    finally:
+        ours.close()
+        broker.close()
+
+
+@pytest.mark.parametrize(
+    ("asked", "granted", "expected"),
+    [
+        (1, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None),
+        (2, [ReasonCode(PacketTypes.SUBACK, identifier=2)], None),
+        (
+            2,
+            [ReasonCode(PacketTypes.SUBACK, identifier=1)],
+            (logging.WARNING, "mqtt: broker granted QoS 1 for 'a/+' (asked 2)"),
+        ),
+        (
+            1,
+            [ReasonCode(PacketTypes.SUBACK, identifier=0x80)],
+            (
+                logging.ERROR,
+                "mqtt: broker refused the subscription 'a/+' (SUBACK 0x80): "
+                "nothing will arrive on it",
+            ),
+        ),
+        (1, [1], None),  # a plain granted-QoS list
+        (1, [], None),
+    ],
+)
+def test_suback_problems_are_reported(
+    asked: int, granted: list[Any], expected: tuple[int, str] | None
+) -> None:
+    assert suback_problem("a/+", asked, granted) == expected
