@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.core.topics import TopicTemplate, TopicTemplateError
+from gateway.core.topics import TopicTemplate, TopicTemplateError, filters_overlap
 
 
 class ConfigError(Exception):
@@ -660,9 +660,17 @@ def shard_settings(settings: Settings, spec: str) -> Settings:
                 f"config: [[mqtt.subscriptions]] entry {i} ({x.topic!r}) has shard = {x.shard}, "
                 f"but --shard {spec} runs {n} shards (0-{n - 1})"
             )
-    subs = [
-        x for i, x in enumerate(mqtt.subscriptions) if (i % n if x.shard is None else x.shard) == k
-    ]
+    owner = [i % n if x.shard is None else x.shard for i, x in enumerate(mqtt.subscriptions)]
+    subs = [x for x, o in zip(mqtt.subscriptions, owner, strict=True) if o == k]
+    for i, x in enumerate(mqtt.subscriptions):  # every topic must have one owner
+        for j in range(i + 1, len(mqtt.subscriptions)):
+            y = mqtt.subscriptions[j]
+            if owner[i] != owner[j] and filters_overlap(x.topic, y.topic):
+                raise ConfigError(
+                    f"config: --shard {spec}: [[mqtt.subscriptions]] {x.topic!r} (shard "
+                    f"{owner[i]}) and {y.topic!r} (shard {owner[j]}) overlap: a topic "
+                    "matching both would be stored by both shards"
+                )
     if not subs:
         raise ConfigError(
             f"config: --shard {spec} has no [[mqtt.subscriptions]] of its own "

@@ -54,6 +54,28 @@ def filter_matches(topic_filter: str, topic: str) -> bool:
     return len(t) == len(f)
 
 
+def filters_overlap(a: str, b: str) -> bool:
+    """True when some topic matches both MQTT filters (so two shards would both get it).
+
+    >>> filters_overlap("plant/line-a/+/+", "plant/line-b/+/+")
+    False
+    >>> filters_overlap("plant/+/+/+", "plant/line-b/#")
+    True
+    >>> filters_overlap("plant/a/+", "plant/a/+/x")
+    False
+    """
+    fa, fb = strip_share(a).split("/"), strip_share(b).split("/")
+    for x, y in zip(fa, fb, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != "+" and y != "+" and x != y:
+            return False
+    if len(fa) == len(fb):
+        return True
+    longer = fa if len(fa) > len(fb) else fb
+    return longer[min(len(fa), len(fb))] == "#"  # "a/#" also matches "a"
+
+
 class TopicTemplate:
     """A compiled (filter, template) pair; `match` returns the named levels."""
 

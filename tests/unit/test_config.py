@@ -161,6 +161,19 @@ def test_shard_derives_its_own_identity_and_subscriptions(tmp_path: Path) -> Non
     assert base.mqtt.client_id == "gw" and len(base.mqtt.subscriptions) == 3  # untouched
 
 
+def test_shard_filters_that_overlap_across_shards_are_a_config_error(tmp_path: Path) -> None:
+    subs = '[[mqtt.subscriptions]]\ntopic = "plant/+/+/+"\n'
+    subs += '[[mqtt.subscriptions]]\ntopic = "plant/line-b/+/#"\n'
+    with pytest.raises(ConfigError) as e:
+        shard_settings(load_settings(_write(tmp_path, subs)), "0/2")
+    assert str(e.value) == (
+        "config: --shard 0/2: [[mqtt.subscriptions]] 'plant/+/+/+' (shard 0) and "
+        "'plant/line-b/+/#' (shard 1) overlap: a topic matching both would be stored by both shards"
+    )
+    same = subs.replace('#"\n', '#"\nshard = 0\n')  # one shard may hold both
+    assert len(shard_settings(load_settings(_write(tmp_path, same)), "0/2").mqtt.subscriptions) == 2
+
+
 def test_a_subscription_names_its_shard_to_move_a_line_with_one_edit(tmp_path: Path) -> None:
     subs = "".join(f'[[mqtt.subscriptions]]\ntopic = "plant/l{i}/+/+"\n' for i in range(3))
     base = load_settings(_write(tmp_path, subs + "shard = 1\n"))  # l2 moves to shard 1
