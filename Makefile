@@ -29,7 +29,9 @@ demo: bootstrap
 	$(VENV)/bin/edge-gateway demo
 
 # throughput, alert latency, footprint, then the alert cases (tests/bench_alerts.py:
-# publisher, noisy background vs an echo peer and Node-RED, storm); ~7 min.
+# publisher, noisy background vs an echo peer and Node-RED, storm), then the scale-out
+# cases (tests/bench_scale.py: 1 gateway vs 2 shards, NATS 3-node failover; ~6 min more,
+# alone: python -m tests.bench --scale-only); ~13 min in all.
 # Node-RED is installed with npm into ~/.cache/edge-gateway/node-red when missing.
 bench: bootstrap
 	$(PY) -m tests.bench

@@ -45,6 +45,11 @@ alert cases (tests/bench_alerts.py, after the above, each on a broker of its own
     Node-RED flow doing the same job in the same run; the 10,000-equipment storm.
     ``--alerts-only`` runs just these, ``--no-alerts`` skips them.
 
+scale-out (tests/bench_scale.py, last, on servers of their own)
+    1 gateway vs 2 shards (``--shard 0/2`` + ``1/2``) draining the same backlog at 100
+    readings/message; failover time on a 3-node NATS cluster with every reading stored
+    once. ``--scale-only`` runs just these, ``--no-scale`` skips them.
+
 Results: a markdown table on stdout, everything as JSON in ``--out`` (default
 ``bench-results.json``). ``--profile DIR`` also records one py-spy profile of the
 gateway per throughput mode (if py-spy is installed) and lists the top functions.
@@ -209,13 +214,16 @@ def generate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Publish cfg["readings"] readings (QoS 1) on this generator's share of the series.
 
     Series `i` with ``i % parts == part`` belong to this generator, so timestamps of a
-    series (epoch ms, strictly increasing) never collide between generators.
+    series (epoch ms, strictly increasing) never collide between generators. With
+    cfg["series_offset"] the series are ``load_series(offset + i)`` (another line's
+    equipment, when two lines must not share equipment names).
     """
     parts, part, batch = cfg["parts"], cfg["part"], cfg["batch"]
     mine = [i for i in range(cfg["series"]) if i % parts == part]
+    offset = cfg.get("series_offset", 0)  # load_series(offset + i): disjoint equipment
     topics = []
     for i in mine:
-        eq, sensor = load_series(i)
+        eq, sensor = load_series(offset + i)
         t = f"{cfg['prefix']}/{cfg['line']}/{eq}/{sensor}".encode()
         topics.append(struct.pack("!H", len(t)) + t)
     total_msgs = cfg["readings"] // batch
@@ -844,14 +852,17 @@ def table(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tests import bench_alerts  # (it imports this module)
+    from tests import bench_alerts, bench_scale  # (they import this module)
 
     res: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick}
     res["machine"] = machine()
     res["params"] = {k: v for k, v in vars(args).items() if k != "out"}
     t_start = time.monotonic()
-    if args.alerts_only:
-        res["alerts"] = bench_alerts.run(args)
+    if args.alerts_only or args.scale_only:
+        if args.alerts_only:
+            res["alerts"] = bench_alerts.run(args)
+        if args.scale_only:
+            res["scale"] = bench_scale.run(args)
         res["machine"]["loadavg_end"] = os.getloadavg()
         res["elapsed_s"] = round(time.monotonic() - t_start, 1)
         return res
@@ -881,6 +892,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["footprint"] = state_footprint(args.series, args.state_readings)
     if not args.no_alerts:
         res["alerts"] = bench_alerts.run(args)
+    if not args.no_scale:
+        res["scale"] = bench_scale.run(args)
     if args.profile:
         res["profiles"] = {
             p.stem: profile_summary(p) for p in sorted(Path(args.profile).glob("*.txt"))
@@ -891,7 +904,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from tests import bench_alerts
+    from tests import bench_alerts, bench_scale
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (< 2 min)")
@@ -909,9 +922,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", help="where the gateway's spool lives (default: temp dir)")
     ap.add_argument("--alerts-only", action="store_true", help="only the alert cases")
     ap.add_argument("--no-alerts", action="store_true", help="skip the alert cases")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="only the scale-out cases (tests/bench_scale.py)")  # fmt: skip
+    ap.add_argument("--no-scale", action="store_true", help="skip the scale-out cases")
     bench_alerts.add_args(ap)
+    bench_scale.add_args(ap)
     a = ap.parse_args(argv)
     bench_alerts.finish_args(a)
+    bench_scale.finish_args(a)
     quick = a.quick
     defaults = {
         "repeat": 1 if quick else 3,
@@ -934,16 +952,19 @@ def main(argv: list[str] | None = None) -> int:
         result = generate(cfg) if argv[0] == "_gen" else bare_subscriber(cfg)
         print(json.dumps(result), flush=True)
         return 0
-    from tests import bench_alerts
+    from tests import bench_alerts, bench_scale
 
     args = parse_args(argv)
     res = run(args)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    if not args.alerts_only:
+    if not args.alerts_only and not args.scale_only:
         print(table(res))
     if "alerts" in res:
         print()
         print(bench_alerts.table(res["alerts"]))
+    if "scale" in res:
+        print()
+        print(bench_scale.table(res["scale"]))
     print(f"\n(full results in {args.out}; {res['elapsed_s']:.0f} s)")
     return 0
 
