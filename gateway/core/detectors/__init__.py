@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -227,6 +228,10 @@ class Detectors:
         return ep
 
     def _new(self, key: tuple[str, str], line: str) -> _Series:
+        # names are kept once, not once per series: an equipment's name is shared by its
+        # sensors, a sensor's name ("flow") by every equipment that has one
+        key = (sys.intern(key[0]), sys.intern(key[1]))
+        line = sys.intern(line)
         c = self.cfg
         rule = self.rules.resolve(key[0], key[1], line)
         zs = ZScore(c.window, c.warmup, c.threshold_sigma, c.shift_after)
