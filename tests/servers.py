@@ -590,6 +590,7 @@ jetstream {{ store_dir: "{store}" }}
 {cluster}mqtt {{
   listen: {self.host}:{self.port}
   stream_replicas: {len(self.cluster.nodes)}
+  ack_wait: "{self.cluster.ack_wait}"
 }}
 """
         )
@@ -621,9 +622,12 @@ class NatsCluster:
 
     binary = NatsNode.binary
 
-    def __init__(self, size: int = 3, *, name: str = "edge-test") -> None:
+    def __init__(self, size: int = 3, *, name: str = "edge-test", ack_wait: str = "5s") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="edge-test-nats-"))
         self.name = name
+        # how long NATS waits before it redelivers an unacked QoS 1 message (its default
+        # 30 s; the 5 s docs/brokers.md recommends): a failover test waits for that tail
+        self.ack_wait = ack_wait
         self.nodes: list[NatsNode] = []
         self.nodes.extend(NatsNode(f"n{i + 1}", self) for i in range(size))
 

@@ -186,7 +186,11 @@ def test_flood_on_a_line_is_summarised_and_critical_still_goes_out(
     crit = [e for e in mine if e["priority"] == "critical"]
     assert len(low) <= 10 and len(crit) == 1
     floods = [m.json() for m in probe.messages(f"alerts/flood/{line}")]
-    assert len(floods) == 1 and floods[0]["active"] is True and floods[0]["raised_10m"] == 11
+    # one message when the flood starts (the 11th raise); a refresh may follow once 30 s of
+    # the readings' clock have passed (the pressure reading is 31 s later, and that clock
+    # runs on with the gateway's while no newer reading comes): summarised, not one per raise
+    assert floods[0]["active"] is True and floods[0]["raised_10m"] == 11, floods
+    assert 1 <= len(floods) <= 2 and all(f["active"] and f["raised_10m"] >= 11 for f in floods)
     gw.wait_metric("edge_alarm_flood_active", lambda v: v == 1, line=line)
     assert gw.metric("edge_alarms_suppressed_total", reason="flood") == 12 - len(low)
     (kept,) = retained(mosquitto.port, f"alerts/flood/{line}")
