@@ -227,22 +227,28 @@ class Gateway:
 
     # ----------------------------------------------------------------- state
     def _retire_filters(self) -> None:
-        """Subscriptions the last run had that the config no longer has (a line moved to
-        another gateway): their filters are unsubscribed from the persistent session, and
-        what it still delivers of them is stored but not scored (`Processor.retire`)."""
+        """Subscriptions an earlier run had that the config no longer has (a line moved to
+        another gateway): their filters are unsubscribed from the persistent session at
+        every connect, and what it still delivers of them is stored but not scored
+        (`Processor.retire`). They stay listed as retired (an unsubscribe of a filter
+        the session no longer has is harmless), so a run that never reached the broker
+        does not forget them; one configured again is no longer retired."""
         now = self.settings.mqtt.subscriptions
         topics = {s.topic for s in now}
         try:
-            before = orjson.loads(self.state.load(SUBSCRIPTIONS) or b"[]")
-            gone = [Subscription(**d) for d in before if d["topic"] not in topics]
-        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            doc = orjson.loads(self.state.load(SUBSCRIPTIONS) or b"{}")
+            had = [Subscription(**d) for d in doc.get("subscriptions", ())]
+            had += [Subscription(**d) for d in doc.get("retired", ())]
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as e:
             log.warning("state: %s unreadable (%s): no filter is unsubscribed", SUBSCRIPTIONS, e)
-            gone = []
+            had = []
+        gone = list({s.topic: s for s in had if s.topic not in topics}.values())
         if gone:
             self.link.retire_filters([s.topic for s in gone])
             self.processor.retire(gone)
-        keep = [s.model_dump(exclude={"shard"}) for s in now]
-        self.state.save(SUBSCRIPTIONS, orjson.dumps(keep))
+        dump = [s.model_dump(exclude={"shard"}) for s in now]
+        retired = [s.model_dump(exclude={"shard"}) for s in gone]
+        self.state.save(SUBSCRIPTIONS, orjson.dumps({"subscriptions": dump, "retired": retired}))
 
     def restore_state(self) -> None:
         self.snapshots.restore()

@@ -115,6 +115,9 @@ def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(
         assert a.metric("edge_messages_received_total", source="mqtt") == 2
         assert b.metric("edge_readings_received_total", source="mqtt") == 1
         assert not [m for m in probe.messages() if m.json().get("kind") == "offline"]
+        a.stop()  # the retired filter stays retired: unsubscribed again on the next start
+        a.start()
+        assert a.log_text().count(f"unsubscribing plant/{la}/+/+") == 2
         temp_alerts = probe.messages(f"alerts/events/{pa}/temp")
         assert [m.json()["value"] for m in temp_alerts] == [500.0]  # B's, not A's 400
     finally:
