@@ -80,10 +80,13 @@ def _gone(pid: int) -> bool:
 def test_mosquitto_retained_message_reaches_late_subscriber(mosquitto: Mosquitto) -> None:
     assert mosquitto.host == "127.0.0.1" and mosquitto.port != 1883
     assert mosquitto.url == f"mqtt://127.0.0.1:{mosquitto.port}"
-    topic = f"test/{uuid.uuid4().hex}/state"
-    _publish(mosquitto, topic, [b"online"], retain=True)
+    _assert_retained_reaches_late_subscriber(mosquitto)
 
-    sub = _Collector(mosquitto)
+
+def _assert_retained_reaches_late_subscriber(server: _Server) -> None:
+    topic = f"test/{uuid.uuid4().hex}/state"
+    _publish(server, topic, [b"online"], retain=True)
+    sub = _Collector(server)
     try:
         sub.subscribe(topic)
         assert sub.wait_for(1) == [(topic, b"online", True)]
@@ -203,14 +206,7 @@ def test_nats_single_node_serves_mqtt_with_retained_messages() -> None:
     with NatsCluster(1) as nats:
         [node] = nats.nodes
         assert node.healthy() and node.port != 1883
-        topic = f"test/{uuid.uuid4().hex}/state"
-        _publish(node, topic, [b"online"], retain=True)
-        sub = _Collector(node)
-        try:
-            sub.subscribe(topic)
-            assert sub.wait_for(1) == [(topic, b"online", True)]
-        finally:
-            sub.close()
+        _assert_retained_reaches_late_subscriber(node)
         pid = node.proc.pid if node.proc else -1
     assert _gone(pid) and not nats.dir.exists()
 
