@@ -98,6 +98,7 @@ class SpoolRecovery(Protocol):
     records: int
     readings: int
     quarantined: int
+    inflight_readings: int  # the batch being written when the last run stopped
 
 
 class DurableSpool(Protocol):

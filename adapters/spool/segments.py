@@ -43,6 +43,9 @@ MAGIC = b"EGR1"
 HEADER = struct.Struct("<4sIIQ")
 MAX_RECORD = 256 << 20
 CURSOR_FILE = "cursor"
+# the first record (and readings) of the batch handed to the sender last: if the cursor
+# still points there at start-up, that write was in flight when the gateway stopped
+SENDING_FILE = "sending"
 # Bodies of the newest records stay in memory up to this many bytes, so a sender that
 # keeps up never reads back what was just written; during an outage the rest is read
 # from the segment files.
@@ -70,6 +73,7 @@ class Recovery:
     readings: int = 0
     quarantined: int = 0
     skipped_sent: int = 0
+    inflight_readings: int = 0  # resent first, though the store may have them already
 
 
 class Spool:
@@ -151,7 +155,20 @@ class Spool:
             self._write_cursor()  # one position suffices again
         rec.records = len(self.pending) - self._head
         rec.readings = self.pending_readings
+        rec.inflight_readings = self._inflight_at_open()
         return rec
+
+    def _inflight_at_open(self) -> int:
+        """Readings of the batch that was being written when the last run stopped (the
+        cursor still at its first record): sent again now, perhaps for the second time."""
+        try:
+            seg, off, n = (int(x) for x in (self.dir / SENDING_FILE).read_text().split())
+        except (OSError, ValueError):
+            return 0
+        head = self.peek(1)
+        if head and (head[0].seg, head[0].offset) == (seg, off):
+            return min(n, self.pending_readings)
+        return 0
 
     def close(self) -> None:
         if self._fh is not None:
@@ -236,6 +253,12 @@ class Spool:
             size += r.length
             if n >= max_readings or size >= max_bytes:
                 break
+        if out:  # best effort, no fsync, like the cursor
+            first = out[0][0]
+            tmp = self.dir / (SENDING_FILE + ".tmp")
+            with contextlib.suppress(OSError):
+                tmp.write_text(f"{first.seg} {first.offset} {n}\n")
+                tmp.replace(self.dir / SENDING_FILE)
         return out
 
     def release_many(self, records: list[Record]) -> None:

@@ -70,6 +70,13 @@ async def open_spool(
         ) from None
     if rec.quarantined:
         metrics.spool_quarantined.inc(rec.quarantined)
+    if rec.inflight_readings:
+        metrics.spool_resent.inc(rec.inflight_readings)
+        log.warning(
+            "spool: %d readings were being written when the gateway stopped; sending them "
+            "again (InfluxDB keeps one point each; VictoriaMetrics may keep them twice)",
+            rec.inflight_readings,
+        )
     if rec.records:
         log.info(
             "spool: %d readings in %d batches left by the last run; replaying",

@@ -189,6 +189,12 @@ class Metrics:
             "Readings dropped because the spool reached max_bytes",
             registry=r,
         )
+        self.spool_resent = Counter(
+            "edge_spool_resent_readings_total",
+            "Readings sent again at start-up because their write was in flight when the "
+            "gateway stopped (the store may have them already)",
+            registry=r,
+        )
         self.spool_quarantined = Counter(
             "edge_spool_quarantined_segments_total",
             "Damaged spool segments moved aside at start-up",

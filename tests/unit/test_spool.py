@@ -181,3 +181,20 @@ def test_history_segments_are_pruned_as_new_ones_fill(tmp_path: Path) -> None:
         sp.append(b"line %03d" % i, 1)
         sp.release_many([r for r, _ in sp.take(10)])
     assert len(list(tmp_path.glob("seg-*.log"))) == 2
+
+
+def test_a_batch_in_flight_at_a_crash_is_counted_as_resent(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=1 << 20)
+    sp.open()
+    for i in range(10):
+        sp.append(b"r%d" % i, 3)
+    sp.sync()
+    sp.release_many([r for r, _ in sp.take(6)])  # 2 records (6 readings) sent and confirmed
+    taken = sp.take(9)  # the next 3 records handed to the sender: the process dies now
+    assert [r.readings for r, _ in taken] == [3, 3, 3]
+    crashed = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=1 << 20)
+    rec = crashed.open()
+    assert (rec.records, rec.inflight_readings) == (8, 9)
+    crashed.release_many([r for r, _ in crashed.take(9)])  # resent and confirmed this time
+    crashed.close()  # a clean stop: nothing was in flight
+    assert Spool(tmp_path, max_bytes=1 << 30, segment_bytes=1 << 20).open().inflight_readings == 0
