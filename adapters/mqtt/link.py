@@ -243,7 +243,7 @@ class MqttLink:
             "mqtt: connected to %s as %s, subscribed to %s",
             node,
             self.cfg.client_id,
-            ", ".join(self._filters),
+            ", ".join(s.topic for s in self.cfg.subscriptions),
         )
         inbox = self._inbox
         assert inbox is not None
@@ -305,7 +305,11 @@ class MqttLink:
     def retire_filters(self, filters: list[str]) -> None:
         if filters:
             log.info("mqtt: unsubscribing %s (no longer configured)", ", ".join(filters))
-        self._retired = [f for f in filters if f not in self._filters]
+        live = [s.topic for s in self.cfg.subscriptions]
+        self._retired = [f for f in filters if f not in live]
+        # numbered after the configured ones, as the normalizer numbers them
+        self._filters = live + self._retired
+        self._sub_of.clear()
 
     async def goodbye(self) -> None:
         """Say `offline` on the status topic before a clean disconnect."""

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 
 import orjson
 
@@ -36,7 +35,6 @@ from gateway.core.model import (
 from gateway.core.normalize import Normalizer
 from gateway.core.ratelimit import TokenBucket
 from gateway.core.rings import SeriesRings
-from gateway.core.topics import filter_matches
 from gateway.daemon.commands import AlarmCommands
 from gateway.daemon.expiry import Forgetting
 from gateway.daemon.metrics import Metrics
@@ -111,37 +109,16 @@ class Processor:
         self._m_rejected = {r: m.readings_rejected.labels(r) for r in REJECT_REASONS}
         self.expiry = Forgetting(self)  # idle series, forgotten equipment (issue 20)
         self.sparkplug = SparkplugHook.create(self)  # format sparkplug (issue 15)
-        self._retired: Normalizer | None = None  # see `retire`
+        self._live_subs = len(s.mqtt.subscriptions)  # indexes past it: retired ones
         self.retired_readings = 0
 
     def retire(self, subscriptions: Sequence[Subscription]) -> None:
         """Subscriptions an earlier run had and the config no longer has (a line moved to
-        another gateway): what their persistent session still delivers is stored, with
-        their own template, but neither scored nor alerted nor tracked, so this gateway
-        raises nothing (not even `offline`) for equipment it no longer owns."""
-        live = [s.topic for s in self.settings.mqtt.subscriptions]
-        self._retired = Normalizer(subscriptions, self.settings.validation, bounds=self._bounds)
-        self._retired.series = self.normalizer.series
-        self._retired.recent = self.normalizer.recent
-        filters = [s.topic for s in subscriptions]
-
-        def retired_index(topic: str) -> int | None:
-            if any(filter_matches(f, topic) for f in live):
-                return None
-            return next((i for i, f in enumerate(filters) if filter_matches(f, topic)), None)
-
-        self._retired_index = retired_index
-        self._retired_of: dict[str, int | None] = {}
-
-    def _retired_route(self, topic: str) -> int | None:
-        """Index into the retired subscriptions of a topic that only they match; cached."""
-        cache = self._retired_of
-        if topic in cache:
-            return cache[topic]
-        if len(cache) >= 65_536:
-            cache.clear()
-        i = cache[topic] = self._retired_index(topic)
-        return i
+        another gateway). The link numbers them after the configured ones and the MQTT
+        normalizer reads them with their own templates; what their persistent session
+        still delivers is stored, but neither scored nor alerted nor tracked, so this
+        gateway raises nothing (not even `offline`) for equipment it no longer owns."""
+        self.normalizer.add_subscriptions(subscriptions)
 
     def add_source(self, name: str, normalizer: Normalizer) -> None:
         """Normalize raw messages of source `name` with `normalizer`, sharing the series
@@ -181,7 +158,7 @@ class Processor:
         oldest = batch[0].received if batch else mono
         claim = self.events.claim  # format = "event" topics take the events path
         event_lines: list[str] = []
-        retired = self._retired
+        live_subs = self._live_subs
         for msg in batch:
             levels = claim(msg)
             if levels is not None:
@@ -189,21 +166,6 @@ class Processor:
                 if rejects:
                     self._rejected(rejects, mono)
                 continue
-            if retired is not None and msg.source == "mqtt":
-                idx = self._retired_route(msg.topic)
-                if idx is not None:  # a moved line's leftovers: stored, not scored
-                    readings, rejects = retired.normalize(replace(msg, subscription=idx))
-                    if rejects:
-                        self._rejected(rejects, mono)
-                    if readings and not self.retired_readings:
-                        log.info(
-                            "mqtt: readings on %s, no longer configured, are stored but "
-                            "not scored (a moved line's last readings)",
-                            msg.topic,
-                        )
-                    self.retired_readings += len(readings)
-                    out.extend((r, UNSCORED) for r in readings)
-                    continue
             other = others.get(msg.source) if others else None
             if other is not None:
                 readings, rejects = other.normalize(msg)
@@ -212,6 +174,16 @@ class Processor:
                 readings, rejects = normalize(msg)
             if rejects:
                 self._rejected(rejects, mono)
+            if msg.subscription >= live_subs and other is None:  # a moved line's leftovers
+                if readings and not self.retired_readings:
+                    log.info(
+                        "mqtt: readings on %s, no longer configured, are stored but "
+                        "not scored (a moved line's last readings)",
+                        msg.topic,
+                    )
+                self.retired_readings += len(readings)
+                out.extend((r, UNSCORED) for r in readings)
+                continue
             for r in readings:
                 if seen_offline(r.equipment, r.line, mono):
                     transitions.extend(self.alerts.online(r.equipment, now))

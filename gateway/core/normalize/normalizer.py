@@ -54,6 +54,13 @@ class Normalizer(JsonFormat, FieldsFormat, SparkplugFormat):
         self._routes: dict[object, Route] = {}
         self._routes_pruner = CachePruner(value_at=(4, 5))  # a route's (eq, sn)
 
+    def add_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
+        """More subscriptions, numbered after the existing ones (a source's retired
+        filters, `Processor.retire`); cached routes are dropped."""
+        self._subs += [(s.compiled(), s.format, s.unit) for s in subscriptions]
+        self._single = len(self._subs) == 1
+        self._routes.clear()
+
     def normalize(self, msg: RawMessage) -> tuple[list[Reading], list[Reject]]:
         """Readings and rejects for one raw message; never raises."""
         try:
