@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from tests.harness import GatewayProcess, MqttProbe, to_toml, uid
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.servers import Mosquitto
+from tests.stores import Store, stored, wait_count
 
 WARM = 40  # readings per series on A: past the z-score's warm-up (30)
 
@@ -37,18 +38,27 @@ def state_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(
-    mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path, probe: MqttProbe
+def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(  # once per real store
+    mosquitto: Mosquitto, store: Store, tmp_path: Path, probe: MqttProbe
 ) -> None:
     la, lb = uid("mva"), uid("mvb")
     pa, pb = uid("pa"), uid("pb")
     rule = f'[[rules]]\nequipment = "{pa}"\nsensor = "pressure"\nhigh = 85.0\n'
     common = "[alerts]\nclear_after = 2\n" + rule
     a = GatewayProcess(
-        mosquitto.port, victoria.url, tmp_path / "a", extra_toml=sub(la) + sub(lb) + common
+        mosquitto.port,
+        store.url,
+        tmp_path / "a",
+        extra_toml=sub(la) + sub(lb) + common,
+        influx=store.gateway_influx,
     )
     b = GatewayProcess(
-        mosquitto.port, victoria.url, tmp_path / "b", extra_toml=sub(la) + common, start=False
+        mosquitto.port,
+        store.url,
+        tmp_path / "b",
+        extra_toml=sub(la) + common,
+        start=False,
+        influx=store.gateway_influx,
     )
     bundle = tmp_path / "line-a.state"
     try:
@@ -86,8 +96,9 @@ def test_a_moved_line_alerts_without_warm_up_and_keeps_its_alerts(
         a.start()
         assert f"unsubscribing plant/{la}/+/+" in a.log_text()
         a.wait_metric("edge_readings_received_total", lambda v: v >= 1, source="mqtt")
-        stored_pa = victoria.selector("readings_value", equipment=pa, sensor="temp")
-        assert victoria.wait_for_count(stored_pa, WARM + 1) == WARM + 1  # A stored it
+        wait_count(store, WARM + 1, equipment=pa, sensor="temp")
+        # A stored it, once, as each store keeps points (once per series and timestamp)
+        assert stored(store, equipment=pa, sensor="temp")[:2] == (WARM + 1, 0)
         assert "are stored but not scored" in a.log_text()
         b.start()
         # the latched alert moved with its line (the gauge is set on the 1 s tick)
