@@ -92,9 +92,13 @@ def test_two_shards_split_the_lines_and_store_each_reading_once(
         total = PER_LINE + UNDER_LOAD
         for ln in lines:
             wait_count(store, total, timeout=30.0, line=ln)
-        for ln in lines:
+        # the one batch whose write was in flight at the kill is sent again (InfluxDB keeps
+        # one point, VictoriaMetrics may keep it twice; docs/reliability.md): counted
+        resent = shards[1].metric("edge_spool_resent_readings_total")
+        for k, ln in enumerate(lines):
             distinct, extra, _ = stored(store, line=ln)
-            assert (distinct, extra) == (total, 0), ln  # nothing lost, nothing twice
+            assert distinct == total, ln  # nothing lost
+            assert extra <= (resent if k == 1 else 0), (ln, extra, resent)  # nothing else twice
         # shard 0 never noticed: one connection, every reading of its line, none of the other
         assert shards[0].log_text().count("mqtt: connected to") == 1
         assert shards[0].metric("edge_readings_received_total", source="mqtt") == total
